@@ -1,0 +1,229 @@
+"""MRC image stacks named by ``N@path.mrcs`` (1-based), read with mrcfile, memory-mapped.
+
+Paths resolve relative to the star file's folder first, then to ``--datadir`` (as written, then by
+file name alone). Stacks may be shared by many particles or hold one particle each; float16 and
+float32 (and the integer MRC modes) are read as float32.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import mrcfile
+import numpy as np
+
+from .errors import InputError
+from .outputs import atomic_path, atomic_write
+
+
+def parse_image_name(name: str) -> tuple[int, str]:
+    """Split ``N@path`` into the 0-based index and the path; a bare path means image 1."""
+    if "@" in name:
+        idx, path = name.split("@", 1)
+        return int(idx) - 1, path
+    return 0, name
+
+
+class ImageSource:
+    """Random access to the tilt images of a star file.
+
+    Parameters
+    ----------
+    image_names : sequence of str, length N_images
+        ``_rlnImageName`` values.
+    star_path : path-like
+        The star file (its folder anchors relative paths; it is named in errors).
+    datadir : path-like, optional
+        Second folder to look for stacks in.
+    lazy : bool
+        If False (default), all images are read into memory at once (float32); if True, images are read
+        from the memory-mapped stacks on each access, for data larger than RAM.
+
+    Attributes
+    ----------
+    box : int
+        Image size D in pixels (square, even).
+    """
+
+    def __init__(self, image_names: Sequence[str], star_path: str | os.PathLike,
+                 datadir: str | os.PathLike | None = None, lazy: bool = False):
+        self.star_path = Path(star_path)
+        self.datadir = Path(datadir) if datadir else None
+        n = len(image_names)
+        self.index = np.empty(n, dtype=np.int64)
+        self.stack_of = np.empty(n, dtype=np.int64)
+        self.paths: list[Path] = []
+        self._maps: list[np.ndarray] = []
+        resolved: dict[str, int] = {}
+        box_from: tuple[int, Path] | None = None
+        for row, name in enumerate(image_names):
+            try:
+                idx, rel = parse_image_name(str(name))
+            except ValueError:
+                raise InputError(f"{self.star_path}: row {row + 1}: column _rlnImageName has {name!r}, expected N@stack.mrcs") from None
+            if rel not in resolved:
+                path = self._resolve(rel, row)
+                data = self._open(path)
+                shape = data.shape[-2:]
+                if shape[0] != shape[1]:
+                    raise InputError(f"{path}: images are {shape[1]} x {shape[0]} pixels; boxes must be square")
+                if shape[0] % 2:
+                    raise InputError(f"{path}: box of {shape[0]} pixels is odd; boxes must be even")
+                if box_from is None:
+                    box_from = (shape[0], path)
+                elif shape[0] != box_from[0]:
+                    raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
+                resolved[rel] = len(self.paths)
+                self.paths.append(path)
+                self._maps.append(data)
+            s = resolved[rel]
+            n_in_stack = self._maps[s].shape[0]
+            if not 0 <= idx < n_in_stack:
+                raise InputError(f"{self.star_path}: row {row + 1}: image {idx + 1} of {self.paths[s]} does not exist (the stack holds {n_in_stack})")
+            self.index[row] = idx
+            self.stack_of[row] = s
+        if box_from is None:
+            raise InputError(f"{self.star_path}: star file has no particle rows")
+        self.box = box_from[0]
+        self.lazy = lazy
+        self._memory: np.ndarray | None = None if lazy else self._read(np.arange(n))
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _resolve(self, rel: str, row: int) -> Path:
+        p = Path(rel)
+        candidates = [p] if p.is_absolute() else [self.star_path.parent / p]
+        if self.datadir is not None:
+            candidates += [self.datadir / p, self.datadir / p.name]
+        for c in candidates:
+            if c.is_file():
+                return c
+        where = ", ".join(str(c) for c in candidates)
+        raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where})")
+
+    @staticmethod
+    def _open(path: Path) -> np.ndarray:
+        try:
+            with warnings.catch_warnings():
+                # Many EM programs write headers that mrcfile only accepts in permissive mode.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mrc = mrcfile.mmap(path, mode="r", permissive=True)
+        except Exception as exc:
+            raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+        if mrc.data is None:
+            raise InputError(f"{path}: not a readable MRC file (no data)")
+        data = mrc.data
+        return data[None] if data.ndim == 2 else data
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
+        stacks = self.stack_of[rows]
+        for s in np.unique(stacks):
+            sel = np.flatnonzero(stacks == s)
+            idx = self.index[rows[sel]]
+            order = np.argsort(idx, kind="stable")
+            out[sel[order]] = self._maps[s][idx[order]]
+        return out
+
+    def get(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Images of the given rows.
+
+        Parameters
+        ----------
+        rows : array of int, shape (B,)
+            Row numbers of the star file (0-based).
+
+        Returns
+        -------
+        numpy.ndarray, float32, shape (B, D, D)
+            Images indexed ``[y, x]`` (MRC row order).
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        if self._memory is not None:
+            return self._memory[rows]
+        return self._read(rows)
+
+
+def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float) -> None:
+    """Write an image stack or a volume as MRC (float32), atomically, with the pixel size in the header.
+
+    Parameters
+    ----------
+    path : path-like
+    data : numpy.ndarray, shape (N, D, D) or (D, D, D)
+        A stack is written as an image stack (``.mrcs``), a volume as a volume, by the file suffix.
+    pixel_size : float
+        A per pixel.
+    """
+    with atomic_write(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
+        if Path(path).suffix == ".mrcs":
+            mrc.set_image_stack()
+        mrc.voxel_size = pixel_size
+
+
+class StackWriter:
+    """Write a large image stack in chunks without holding it in memory; renamed into place on close.
+
+    Parameters
+    ----------
+    path : path-like
+        Final ``.mrcs`` path.
+    n : int
+        Number of images.
+    box : int
+        Image size.
+    pixel_size : float
+        A per pixel.
+    """
+
+    def __init__(self, path: str | os.PathLike, n: int, box: int, pixel_size: float):
+        self.tmp, self.path = atomic_path(path)
+        self.mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        self.mrc.set_image_stack()
+        self.mrc.voxel_size = pixel_size
+
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Put ``images`` (B, D, D) at positions ``start .. start + B - 1`` (0-based)."""
+        self.mrc.data[start:start + len(images)] = images
+
+    def close(self) -> None:
+        """Finish the header and rename the file into place."""
+        self.mrc.update_header_stats()
+        self.mrc.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        self.mrc.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Read a cubic MRC volume.
+
+    Returns
+    -------
+    volume : numpy.ndarray, float32, shape (D, D, D)
+        Indexed ``[z, y, x]``.
+    pixel_size : float
+        From the header (A; 1.0 when the header has none).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: volume file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            with mrcfile.open(path, mode="r", permissive=True) as mrc:
+                vol = np.asarray(mrc.data, dtype=np.float32).copy()
+                pix = float(mrc.voxel_size.x) or 1.0
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise InputError(f"{path}: expected a cubic volume, got shape {vol.shape}")
+    return vol, pix

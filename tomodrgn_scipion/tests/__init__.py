@@ -1,0 +1,1 @@
+"""Tests of scipion-em-tomodrgn (plugin skeleton here, scientific code under tests/method/)."""
