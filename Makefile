@@ -37,11 +37,12 @@ test: venv
 	mkdir -p $(SCIPION_DIR)/data $(SCIPION_DIR)/tests
 	$(SCIPION_ENV) $(VPY) -m pytest -q tomodrgn_scipion/tests
 
-# ---- demo recipe (flags to be finalised with the CLI) ----------------------
+# The main job on the built-in data set: simulate Warp-style tilt series of the two-state phantom, then
+# back-project them (protein-light data: the default contrast inversion applies).
 demo: venv
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data
+	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data --seed 0
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion backproject demo/data/particles.star -o demo/backproject/map.mrc
-# ---- end of demo recipe ----------------------------------------------------
+	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject"
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

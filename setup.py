@@ -44,7 +44,7 @@ setup(
         "tomodrgn_scipion": ["protocols.conf", "*.mrc", "*.json", "**/*.mrc", "**/*.json"],
     },
     include_package_data=False,
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=[
         "scipion-pyworkflow>=3.11",
         "scipion-em>=3.11",

@@ -9,7 +9,6 @@ split particles (never tilts of one particle) by alternating particle order.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from . import fft, fsc as fsc_mod
 from .dataset import TiltSeriesData
 from .lattice import radial_shells
+from .progress import Progress
 from .projection import BackProjector, SliceGeometry
 from .transforms import shift_fourier
 
@@ -119,13 +119,12 @@ def backproject(data: TiltSeriesData, particles: np.ndarray | None = None, pad: 
         np.concatenate([data.star.rows_of_particle[p] for p in particles[h::2]]) for h in (0, 1)
     ]
     n_images = sum(len(r) for r in rows_per_half)
-    t0, done = time.time(), 0
+    progress = Progress(n_images, "back-projected", "images", log)
     for h, rows in enumerate(rows_per_half):
         for start in range(0, len(rows), batch_images):
             chunk = rows[start:start + batch_images]
             insert_images(data, chunk, halves[h], dose_weight, tilt_weight, dose_mask)
-            done += len(chunk)
-            log.info("back-projected %d/%d images (%.0f images/s)", done, n_images, done / max(time.time() - t0, 1e-9))
+            progress.update(len(chunk))
 
     n_shells = data.box // 2 + 1
     ssnr_half = torch.ones(n_shells, dtype=torch.float64, device=g.device)

@@ -15,7 +15,6 @@ Memory is bounded: images are computed and written in chunks, and the star file 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from . import fft
 from .imaging import ImagingParams
 from .outputs import write_text
+from .progress import Progress
 from .projection import Projector, SliceGeometry
 from .stacks import StackWriter, write_mrc
 from .star import StarWriter
@@ -95,6 +95,104 @@ def _fmt(x: np.ndarray, digits: int) -> list[str]:
     return [f"{v:.{digits}f}" for v in x]
 
 
+@dataclass
+class _TiltImages:
+    """Everything random about the tilt images of one tomogram, shape (M,) or (M, ...) each."""
+
+    particle: np.ndarray
+    tilt: np.ndarray
+    rot: torch.Tensor
+    params: ImagingParams
+    shifts: np.ndarray
+
+
+class _Simulator:
+    """Per-particle ground truth, and per-tomogram images drawn from generators seeded by
+    ``(seed, tomogram)``, so any tomogram can be made again (for the noise pilot) and results do not
+    depend on the chunk size."""
+
+    def __init__(self, volumes: list[np.ndarray], cfg: SimulationConfig):
+        self.cfg = cfg
+        self.d = volumes[0].shape[-1]
+        self.tilts = tilt_scheme(cfg.tilt_max, cfg.tilt_step, cfg.tilt_scheme)
+        self.dose = (np.arange(len(self.tilts)) + 1) * cfg.dose_per_tilt
+        rng = np.random.default_rng(cfg.seed)
+        n = cfg.n_particles
+        if cfg.continuous:
+            self.mix, self.labels = rng.uniform(0.0, 1.0, n), None
+        else:
+            self.mix, self.labels = None, rng.permutation(np.arange(n) % len(volumes))
+        self.rot_p = random_rotations(n, torch.Generator().manual_seed(cfg.seed))
+        self.pos_x = rng.uniform(-cfg.tomogram_width / 2, cfg.tomogram_width / 2, n)
+        self.pos_z = rng.uniform(-cfg.tomogram_thickness / 2, cfg.tomogram_thickness / 2, n)
+        self.tomo_index = np.arange(n) // cfg.particles_per_tomogram
+        self.n_tomos = int(self.tomo_index.max()) + 1
+        self.tomo_defocus = rng.uniform(cfg.defocus_min, cfg.defocus_max, self.n_tomos)
+        self.tomo_names = [f"tomo_{t:03d}" for t in range(self.n_tomos)]
+        self.pids = [f"{t:03d}_{p - t * cfg.particles_per_tomogram:06d}" for p, t in enumerate(self.tomo_index)]
+        self.geom = SliceGeometry(self.d, cfg.pad)
+        self.projectors = [Projector(torch.from_numpy(np.asarray(v, dtype=np.float64)), self.geom) for v in volumes]
+        self.freqs_a = self.geom.freqs2d / cfg.pixel_size
+
+    def members(self, t: int) -> np.ndarray:
+        """Particle numbers of tomogram ``t``."""
+        return np.flatnonzero(self.tomo_index == t)
+
+    def tomogram(self, t: int) -> _TiltImages:
+        """The random draws of every tilt image of tomogram ``t``, in star order."""
+        cfg, parts, nt = self.cfg, self.members(t), len(self.tilts)
+        rng = np.random.default_rng([cfg.seed, t, 1])
+        m = len(parts) * nt
+        tilt = np.tile(self.tilts, len(parts))
+        pidx = np.repeat(parts, nt)
+        rot = rotation_about_y(torch.as_tensor(tilt)) @ self.rot_p[torch.as_tensor(pidx)]
+        rad = np.radians(tilt)
+        # height of the particle along the beam in the tilted specimen (RELION's Ry, third row)
+        height = np.sin(rad) * self.pos_x[pidx] + np.cos(rad) * self.pos_z[pidx]
+        df_mean = self.tomo_defocus[t] - height
+        astig = rng.uniform(-cfg.astigmatism / 2, cfg.astigmatism / 2, m)
+        params = ImagingParams(
+            dfu=df_mean + astig, dfv=df_mean - astig, dfang=rng.uniform(-180.0, 180.0, m),
+            voltage=np.full(m, cfg.voltage), cs=np.full(m, cfg.cs), w=np.full(m, cfg.amplitude_contrast),
+            phase_shift=np.full(m, cfg.phase_shift), dose=np.tile(self.dose, len(parts)), ctf_scalefactor=np.cos(rad),
+        )
+        shifts = rng.normal(0.0, cfg.shift_std, (m, 2)) if cfg.shift_std > 0 else np.zeros((m, 2))
+        return _TiltImages(pidx, tilt, rot, params, shifts)
+
+    def signal(self, ti: _TiltImages, rows: slice) -> np.ndarray:
+        """Noise-free images of ``ti[rows]``, float64, shape (B, D, D), in the requested contrast."""
+        pidx, rot = ti.particle[rows], ti.rot[rows]
+        proj = torch.zeros(len(pidx), self.geom.coords.shape[0], dtype=torch.complex128)
+        for k, pr in enumerate(self.projectors):
+            # projection is linear in the volume: a mixture's projection is the mixture of projections
+            if self.mix is not None:
+                wk = torch.as_tensor(self.mix[pidx] if k == 1 else 1.0 - self.mix[pidx])
+            else:
+                wk = torch.as_tensor((self.labels[pidx] == k).astype(np.float64))
+            sel = torch.nonzero(wk != 0).squeeze(1)
+            if len(sel):
+                proj[sel] += wk[sel, None] * pr.project(rot[sel])
+        params = ti.params.subset(np.arange(len(ti.particle))[rows])
+        f = self.geom.to_grid(proj * params.transfer(self.freqs_a))
+        # The particle centre sits at -origin in the image (RELION's convention).
+        img = fft.ifft2_center(shift_fourier(f, -torch.as_tensor(ti.shifts[rows]))).real.numpy()
+        return -img if self.cfg.contrast == "light" else img
+
+    def noise_sigma(self, chunk: int) -> float:
+        """Noise std giving the target SNR over the noise-free images of up to 8 tomograms spread
+        over the data set (all of them for small sets)."""
+        if self.cfg.snr <= 0:
+            return 0.0
+        total, total_sq, count = 0.0, 0.0, 0
+        for t in np.unique(np.linspace(0, self.n_tomos - 1, min(8, self.n_tomos)).round().astype(int)):
+            ti = self.tomogram(int(t))
+            for c0 in range(0, len(ti.particle), chunk):
+                img = self.signal(ti, slice(c0, c0 + chunk))
+                total, total_sq, count = total + img.sum(), total_sq + (img * img).sum(), count + img.size
+        var = total_sq / count - (total / count) ** 2
+        return float(np.sqrt(var / self.cfg.snr))
+
+
 def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConfig) -> dict:
     """Simulate particle tilt series and write them as Warp would export them.
 
@@ -124,131 +222,79 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
         raise ValueError("contrast must be 'light' or 'dark'")
     if cfg.n_particles < 1:
         raise ValueError("n_particles must be >= 1")
-    tilts = tilt_scheme(cfg.tilt_max, cfg.tilt_step, cfg.tilt_scheme)
-    n_tilts = len(tilts)
-    dose = (np.arange(n_tilts) + 1) * cfg.dose_per_tilt
-    rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    geom = SliceGeometry(d, cfg.pad)
-    projectors = [Projector(torch.from_numpy(np.asarray(v, dtype=np.float64)), geom) for v in volumes]
-    freqs_a = geom.freqs2d / cfg.pixel_size
-
-    # Per-particle ground truth.
-    n = cfg.n_particles
-    if cfg.continuous:
-        mix = rng.uniform(0.0, 1.0, n)
-        labels = None
-    else:
-        labels = rng.permutation(np.arange(n) % len(volumes))
-        mix = None
-    rot_p = random_rotations(n, gen)
-    pos_x = rng.uniform(-cfg.tomogram_width / 2, cfg.tomogram_width / 2, n)
-    pos_z = rng.uniform(-cfg.tomogram_thickness / 2, cfg.tomogram_thickness / 2, n)
-    tomo_index = np.arange(n) // cfg.particles_per_tomogram
-    n_tomos = int(tomo_index.max()) + 1
-    tomo_defocus = rng.uniform(cfg.defocus_min, cfg.defocus_max, n_tomos)
-    tomo_names = [f"tomo_{t:03d}" for t in range(n_tomos)]
-    pids = [f"{tomo_index[p]:03d}_{p - tomo_index[p] * cfg.particles_per_tomogram:06d}" for p in range(n)]
+    sim = _Simulator(volumes, cfg)
+    n, n_tilts = cfg.n_particles, len(sim.tilts)
+    chunk = max(1, cfg.chunk_images)
+    noise_sigma = sim.noise_sigma(chunk)
 
     vol_dir = out / "volumes"
     for i, v in enumerate(volumes):
         write_mrc(vol_dir / f"vol_{i:03d}.mrc", v, cfg.pixel_size)
 
     star = StarWriter(out / "particles.star", STAR_COLUMNS)
-    noise_sigma: float | None = None
-    ppc = max(1, cfg.chunk_images // n_tilts)
-    t0 = time.time()
-    truth_rows = []
+    progress = Progress(n * n_tilts, "simulated", "images", log)
     try:
-        for t in range(n_tomos):
-            members = np.flatnonzero(tomo_index == t)
-            writer = StackWriter(out / "stacks" / f"{tomo_names[t]}.mrcs", len(members) * n_tilts, d, cfg.pixel_size)
+        for t in range(sim.n_tomos):
+            ti = sim.tomogram(t)
+            m = len(ti.particle)
+            noise_rng = np.random.default_rng([cfg.seed, t, 2])
+            writer = StackWriter(out / "stacks" / f"{sim.tomo_names[t]}.mrcs", m, d, cfg.pixel_size)
             try:
-                for c0 in range(0, len(members), ppc):
-                    parts = members[c0:c0 + ppc]
-                    m = len(parts) * n_tilts
-                    tilt = np.tile(tilts, len(parts))
-                    pidx = np.repeat(parts, n_tilts)
-                    rot = rotation_about_y(torch.as_tensor(tilt)) @ rot_p[torch.as_tensor(pidx)]
-                    rad = np.radians(tilt)
-                    height = np.sin(rad) * pos_x[pidx] + np.cos(rad) * pos_z[pidx]
-                    df_mean = tomo_defocus[t] - height
-                    astig = rng.uniform(-cfg.astigmatism / 2, cfg.astigmatism / 2, m) if cfg.astigmatism else np.zeros(m)
-                    params = ImagingParams(
-                        dfu=df_mean + astig, dfv=df_mean - astig, dfang=rng.uniform(-180, 180, m) if cfg.astigmatism else np.zeros(m),
-                        voltage=np.full(m, cfg.voltage), cs=np.full(m, cfg.cs), w=np.full(m, cfg.amplitude_contrast),
-                        phase_shift=np.full(m, cfg.phase_shift), dose=np.tile(dose, len(parts)),
-                        ctf_scalefactor=np.cos(rad),
-                    )
-                    shifts = rng.normal(0.0, cfg.shift_std, (m, 2)) if cfg.shift_std > 0 else np.zeros((m, 2))
-                    # Project: linear in the volume, so a mixture of volumes is the mixture of projections.
-                    proj = torch.zeros(m, geom.coords.shape[0], dtype=torch.complex128)
-                    for k, pr in enumerate(projectors):
-                        if cfg.continuous:
-                            wk = torch.as_tensor(mix[pidx] if k == 1 else 1.0 - mix[pidx])
-                        else:
-                            wk = torch.as_tensor((labels[pidx] == k).astype(np.float64))
-                        sel = torch.nonzero(wk != 0).squeeze(1)
-                        if len(sel):
-                            proj[sel] += wk[sel, None] * pr.project(rot[sel])
-                    f = geom.to_grid(proj * params.transfer(freqs_a))
-                    # The particle centre sits at -origin in the image (RELION's convention).
-                    f = shift_fourier(f, -torch.as_tensor(shifts))
-                    img = fft.ifft2_center(f).real.numpy()
-                    if cfg.contrast == "light":
-                        img = -img
-                    if noise_sigma is None:
-                        noise_sigma = float(np.sqrt(img.var() / cfg.snr)) if cfg.snr > 0 else 0.0
-                    img = img + rng.normal(0.0, noise_sigma, img.shape) if noise_sigma else img
-                    start = (c0) * n_tilts
-                    writer.write(start, img.astype(np.float32))
-                    rot_e, tilt_e, psi_e = (x.numpy() for x in matrix_to_euler(rot))
-                    star.append(pd.DataFrame({
-                        "rlnMagnification": "10000.0",
-                        "rlnDetectorPixelSize": repr(float(cfg.pixel_size)),
-                        "rlnVoltage": repr(float(cfg.voltage)),
-                        "rlnSphericalAberration": repr(float(cfg.cs)),
-                        "rlnAmplitudeContrast": repr(float(cfg.amplitude_contrast)),
-                        "rlnPhaseShift": repr(float(cfg.phase_shift)),
-                        "rlnDefocusU": _fmt(params.dfu, 2), "rlnDefocusV": _fmt(params.dfv, 2),
-                        "rlnDefocusAngle": _fmt(params.dfang, 3),
-                        "rlnImageName": [f"{start + i + 1}@stacks/{tomo_names[t]}.mrcs" for i in range(m)],
-                        "rlnMicrographName": f"{tomo_names[t]}.tomostar",
-                        "rlnAngleRot": _fmt(rot_e, 6), "rlnAngleTilt": _fmt(tilt_e, 6), "rlnAnglePsi": _fmt(psi_e, 6),
-                        "rlnOriginX": _fmt(shifts[:, 0], 6), "rlnOriginY": _fmt(shifts[:, 1], 6),
-                        "rlnCtfBfactor": _fmt(-4.0 * params.dose, 4),
-                        "rlnCtfScalefactor": _fmt(params.ctf_scalefactor, 8),
-                        "rlnGroupName": [pids[p] for p in pidx],
-                    }))
-                    done = (members[0] + c0 + len(parts)) * n_tilts
-                    rate = done / max(time.time() - t0, 1e-9)
-                    log.info("simulated %d/%d images (%.0f images/s, ETA %.0f s)", done, n * n_tilts, rate,
-                             (n * n_tilts - done) / rate)
+                for c0 in range(0, m, chunk):
+                    img = sim.signal(ti, slice(c0, c0 + chunk))
+                    if noise_sigma:
+                        img = img + noise_rng.normal(0.0, noise_sigma, img.shape)
+                    writer.write(c0, img.astype(np.float32))
+                    progress.update(len(img))
             except BaseException:
                 writer.abort()
                 raise
             writer.close()
+            star.append(_star_rows(sim, t, ti, cfg))
     except BaseException:
         star.abort()
         raise
     star.close()
 
-    e_rot, e_tilt, e_psi = (x.numpy() for x in matrix_to_euler(rot_p))
+    e_rot, e_tilt, e_psi = (x.numpy() for x in matrix_to_euler(sim.rot_p))
     truth = pd.DataFrame({
-        "particle": pids, "tomogram": [tomo_names[t] for t in tomo_index],
-        "label": labels if labels is not None else -1,
-        "mixing": mix if mix is not None else np.nan,
+        "particle": sim.pids, "tomogram": [sim.tomo_names[t] for t in sim.tomo_index],
+        "label": sim.labels if sim.labels is not None else -1,
+        "mixing": sim.mix if sim.mix is not None else np.nan,
         "rot": e_rot, "tilt": e_tilt, "psi": e_psi,
-        "x_A": pos_x, "z_A": pos_z, "tomogram_defocus_A": tomo_defocus[tomo_index],
+        "x_A": sim.pos_x, "z_A": sim.pos_z, "tomogram_defocus_A": sim.tomo_defocus[sim.tomo_index],
         "n_tilts": n_tilts, "noise_sigma": noise_sigma,
     })
     write_text(out / "ground_truth.csv", truth.to_csv(index=False, float_format="%.6g"))
-    if labels is not None:
-        write_text(out / "labels.txt", "".join(f"{v}\n" for v in labels))
+    if sim.labels is not None:
+        write_text(out / "labels.txt", "".join(f"{v}\n" for v in sim.labels))
     else:
-        write_text(out / "mixing.txt", "".join(f"{v:.6f}\n" for v in mix))
+        write_text(out / "mixing.txt", "".join(f"{v:.6f}\n" for v in sim.mix))
     return {
         "star": out / "particles.star", "n_particles": n, "n_images": n * n_tilts, "box": d,
-        "pixel_size": cfg.pixel_size, "noise_sigma": noise_sigma, "volumes": [vol_dir / f"vol_{i:03d}.mrc" for i in range(len(volumes))],
+        "pixel_size": cfg.pixel_size, "noise_sigma": noise_sigma,
+        "volumes": [vol_dir / f"vol_{i:03d}.mrc" for i in range(len(volumes))],
     }
+
+
+def _star_rows(sim: _Simulator, t: int, ti: _TiltImages, cfg: SimulationConfig) -> pd.DataFrame:
+    """The star rows of tomogram ``t``, as text formatted as Warp writes them."""
+    m = len(ti.particle)
+    rot_e, tilt_e, psi_e = (x.numpy() for x in matrix_to_euler(ti.rot))
+    p = ti.params
+    return pd.DataFrame({
+        "rlnMagnification": "10000.0",
+        "rlnDetectorPixelSize": repr(float(cfg.pixel_size)),
+        "rlnVoltage": repr(float(cfg.voltage)),
+        "rlnSphericalAberration": repr(float(cfg.cs)),
+        "rlnAmplitudeContrast": repr(float(cfg.amplitude_contrast)),
+        "rlnPhaseShift": repr(float(cfg.phase_shift)),
+        "rlnDefocusU": _fmt(p.dfu, 2), "rlnDefocusV": _fmt(p.dfv, 2), "rlnDefocusAngle": _fmt(p.dfang, 3),
+        "rlnImageName": [f"{i + 1}@stacks/{sim.tomo_names[t]}.mrcs" for i in range(m)],
+        "rlnMicrographName": f"{sim.tomo_names[t]}.tomostar",
+        "rlnAngleRot": _fmt(rot_e, 6), "rlnAngleTilt": _fmt(tilt_e, 6), "rlnAnglePsi": _fmt(psi_e, 6),
+        "rlnOriginX": _fmt(ti.shifts[:, 0], 6), "rlnOriginY": _fmt(ti.shifts[:, 1], 6),
+        "rlnCtfBfactor": _fmt(-4.0 * p.dose, 4),
+        "rlnCtfScalefactor": _fmt(p.ctf_scalefactor, 8),
+        "rlnGroupName": [sim.pids[q] for q in ti.particle],
+    })
