@@ -65,7 +65,12 @@ def insert_images(data: TiltSeriesData, rows: np.ndarray, bp: BackProjector, dos
     bp.insert(values * h, h, data.rotations(rows))
 
 
-def wiener_reg(bp: BackProjector, ssnr: Tensor) -> Tensor:
+def padded_shells(g: SliceGeometry) -> Tensor:
+    """Shell of the unpadded box (``round(|k| D)``) of every voxel of the padded grid, shape (S, S, S)."""
+    return torch.div(radial_shells(g.size, 3, g.device) + g.pad // 2, g.pad, rounding_mode="floor")
+
+
+def wiener_reg(bp: BackProjector, ssnr: Tensor, shells: Tensor) -> Tensor:
     """Per-voxel regulariser ``<sum h^2>_shell / SSNR(shell)`` on the padded grid.
 
     Parameters
@@ -73,12 +78,12 @@ def wiener_reg(bp: BackProjector, ssnr: Tensor) -> Tensor:
     bp : BackProjector
     ssnr : Tensor, shape (D // 2 + 1,)
         Spectral SNR expected of the map ``bp`` makes, per shell of the unpadded box.
+    shells : Tensor, int64, shape (S, S, S)
+        From :func:`padded_shells`.
     """
-    g = bp.geometry
-    shells = torch.div(radial_shells(g.size, 3, g.device) + g.pad // 2, g.pad, rounding_mode="floor")
-    n = g.d // 2 + 1
-    mean_den = fsc_mod.shell_mean(bp.den, shells, n)
-    per_shell = mean_den / ssnr.clamp(min=1e-6)
+    n = bp.geometry.d // 2 + 1
+    per_shell = fsc_mod.shell_mean(bp.den, shells, n) / ssnr.clamp(min=1e-6)
+    # Beyond Nyquist nothing was measured: a huge regulariser zeroes those voxels.
     reg = torch.full_like(bp.den, float(per_shell.max()) * 1e6 + 1.0)
     inside = shells < n
     reg[inside] = per_shell[shells[inside]]
@@ -126,17 +131,19 @@ def backproject(data: TiltSeriesData, particles: np.ndarray | None = None, pad: 
             insert_images(data, chunk, halves[h], dose_weight, tilt_weight, dose_mask)
             progress.update(len(chunk))
 
-    n_shells = data.box // 2 + 1
-    ssnr_half = torch.ones(n_shells, dtype=torch.float64, device=g.device)
+    shells = padded_shells(g)
+    # Start from SNR 1 in every shell, then take the SSNR from the half-map FSC.
+    ssnr_half = torch.ones(data.box // 2 + 1, dtype=torch.float64, device=g.device)
     for _ in range(iterations + 1):
-        maps = [bp.reconstruct(wiener_reg(bp, ssnr_half)) for bp in halves]
+        maps = [bp.reconstruct(wiener_reg(bp, ssnr_half, shells)) for bp in halves]
         curve = fsc_mod.fsc(maps[0], maps[1])
         c = curve.clamp(1e-3, 0.999)
         ssnr_half = c / (1 - c)
     full_bp = BackProjector(g)
     full_bp += halves[0]
     full_bp += halves[1]
-    full = full_bp.reconstruct(wiener_reg(full_bp, 2 * ssnr_half))
+    # The full map averages both halves: twice their SSNR.
+    full = full_bp.reconstruct(wiener_reg(full_bp, 2 * ssnr_half, shells))
     curve_np = curve.cpu().numpy()
     freq, res = fsc_mod.resolution_at(curve_np, data.box, data.pixel_size)
     filtered = fsc_mod.lowpass(full, freq, data.pixel_size)

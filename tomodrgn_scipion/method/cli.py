@@ -84,6 +84,10 @@ def add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--snr", type=float, default=c.snr, help="signal variance / noise variance; 0 for no noise")
     p.add_argument("--contrast", choices=("light", "dark"), default=c.contrast,
                    help="protein-light, as Warp/RELION export (default), or protein-dark, as recorded")
+    p.add_argument("--uninvert-data", action="store_true",
+                   help="write protein-dark images (same as --contrast dark): data to be read with --uninvert-data")
+    p.add_argument("--datadir", type=Path,
+                   help="write the image stacks here instead of OUTDIR/stacks (the star then names them by file name: read with --datadir)")
     p.add_argument("--continuous", action="store_true", help="mix two volumes with a random coefficient per particle")
     p.add_argument("--pad", type=int, default=c.pad, help="Fourier oversampling of the projector")
     p.add_argument("--chunk-images", type=int, default=c.chunk_images, help="images held in memory at once")
@@ -123,7 +127,8 @@ def run_simulate(a: argparse.Namespace) -> None:
         tilt_max=a.tilt_max, tilt_step=a.tilt_step, tilt_scheme=a.tilt_scheme, dose_per_tilt=a.dose_per_tilt,
         voltage=a.voltage, cs=a.cs, amplitude_contrast=a.amplitude_contrast, phase_shift=a.phase_shift,
         defocus_min=a.defocus_min, defocus_max=a.defocus_max, astigmatism=a.astigmatism, shift_std=a.shift_std,
-        snr=a.snr, contrast=a.contrast, continuous=a.continuous, pad=a.pad, chunk_images=a.chunk_images, seed=a.seed,
+        snr=a.snr, contrast="dark" if a.uninvert_data else a.contrast, continuous=a.continuous, pad=a.pad,
+        chunk_images=a.chunk_images, seed=a.seed, stack_dir=str(a.datadir) if a.datadir else None,
     )
     info = simulate(vols, a.outdir, cfg)
     kind = "continuous (mixing.txt)" if a.continuous else f"{len(vols)} discrete states (labels.txt)"

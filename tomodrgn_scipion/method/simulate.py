@@ -89,6 +89,7 @@ class SimulationConfig:
     pad: int = 3
     chunk_images: int = 1024
     seed: int = 0
+    stack_dir: str | None = None
 
 
 def _fmt(x: np.ndarray, digits: int) -> list[str]:
@@ -204,6 +205,9 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
         Receives ``particles.star``, ``stacks/<tomogram>.mrcs``, ``ground_truth.csv``, ``labels.txt``
         (discrete) or ``mixing.txt`` (continuous) and ``volumes/vol_NNN.mrc``.
     cfg : SimulationConfig
+        ``cfg.stack_dir``, when set, receives the stacks instead of ``out_dir/stacks``; the star names
+        them relative to its own folder when they lie below it, else by file name alone (to be found
+        with ``--datadir``).
 
     Returns
     -------
@@ -231,6 +235,11 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     for i, v in enumerate(volumes):
         write_mrc(vol_dir / f"vol_{i:03d}.mrc", v, cfg.pixel_size)
 
+    stack_dir = Path(cfg.stack_dir) if cfg.stack_dir else out / "stacks"
+    try:
+        stack_ref = stack_dir.resolve().relative_to(out.resolve()).as_posix() + "/"
+    except ValueError:
+        stack_ref = ""
     star = StarWriter(out / "particles.star", STAR_COLUMNS)
     progress = Progress(n * n_tilts, "simulated", "images", log)
     try:
@@ -238,7 +247,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
             ti = sim.tomogram(t)
             m = len(ti.particle)
             noise_rng = np.random.default_rng([cfg.seed, t, 2])
-            writer = StackWriter(out / "stacks" / f"{sim.tomo_names[t]}.mrcs", m, d, cfg.pixel_size)
+            writer = StackWriter(stack_dir / f"{sim.tomo_names[t]}.mrcs", m, d, cfg.pixel_size)
             try:
                 for c0 in range(0, m, chunk):
                     img = sim.signal(ti, slice(c0, c0 + chunk))
@@ -250,7 +259,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
                 writer.abort()
                 raise
             writer.close()
-            star.append(_star_rows(sim, t, ti, cfg))
+            star.append(_star_rows(sim, t, ti, cfg, stack_ref))
     except BaseException:
         star.abort()
         raise
@@ -277,7 +286,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     }
 
 
-def _star_rows(sim: _Simulator, t: int, ti: _TiltImages, cfg: SimulationConfig) -> pd.DataFrame:
+def _star_rows(sim: _Simulator, t: int, ti: _TiltImages, cfg: SimulationConfig, stack_ref: str) -> pd.DataFrame:
     """The star rows of tomogram ``t``, as text formatted as Warp writes them."""
     m = len(ti.particle)
     rot_e, tilt_e, psi_e = (x.numpy() for x in matrix_to_euler(ti.rot))
@@ -290,7 +299,7 @@ def _star_rows(sim: _Simulator, t: int, ti: _TiltImages, cfg: SimulationConfig) 
         "rlnAmplitudeContrast": repr(float(cfg.amplitude_contrast)),
         "rlnPhaseShift": repr(float(cfg.phase_shift)),
         "rlnDefocusU": _fmt(p.dfu, 2), "rlnDefocusV": _fmt(p.dfv, 2), "rlnDefocusAngle": _fmt(p.dfang, 3),
-        "rlnImageName": [f"{i + 1}@stacks/{sim.tomo_names[t]}.mrcs" for i in range(m)],
+        "rlnImageName": [f"{i + 1}@{stack_ref}{sim.tomo_names[t]}.mrcs" for i in range(m)],
         "rlnMicrographName": f"{sim.tomo_names[t]}.tomostar",
         "rlnAngleRot": _fmt(rot_e, 6), "rlnAngleTilt": _fmt(tilt_e, 6), "rlnAnglePsi": _fmt(psi_e, 6),
         "rlnOriginX": _fmt(ti.shifts[:, 0], 6), "rlnOriginY": _fmt(ti.shifts[:, 1], 6),

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import mrcfile
+import mrcfile.mrcmemmap
 import numpy as np
 
 from .errors import InputError
@@ -47,6 +49,8 @@ class ImageSource:
         Image size D in pixels (square, even).
     """
 
+    MAX_OPEN = 64
+
     def __init__(self, image_names: Sequence[str], star_path: str | os.PathLike,
                  datadir: str | os.PathLike | None = None, lazy: bool = False):
         self.star_path = Path(star_path)
@@ -55,7 +59,8 @@ class ImageSource:
         self.index = np.empty(n, dtype=np.int64)
         self.stack_of = np.empty(n, dtype=np.int64)
         self.paths: list[Path] = []
-        self._maps: list[np.ndarray] = []
+        self._counts: list[int] = []
+        self._open_maps: OrderedDict[int, mrcfile.mrcmemmap.MrcMemmap] = OrderedDict()
         resolved: dict[str, int] = {}
         box_from: tuple[int, Path] | None = None
         for row, name in enumerate(image_names):
@@ -65,8 +70,7 @@ class ImageSource:
                 raise InputError(f"{self.star_path}: row {row + 1}: column _rlnImageName has {name!r}, expected N@stack.mrcs") from None
             if rel not in resolved:
                 path = self._resolve(rel, row)
-                data = self._open(path)
-                shape = data.shape[-2:]
+                count, *shape = self._header_shape(path)
                 if shape[0] != shape[1]:
                     raise InputError(f"{path}: images are {shape[1]} x {shape[0]} pixels; boxes must be square")
                 if shape[0] % 2:
@@ -77,9 +81,9 @@ class ImageSource:
                     raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
                 resolved[rel] = len(self.paths)
                 self.paths.append(path)
-                self._maps.append(data)
+                self._counts.append(count)
             s = resolved[rel]
-            n_in_stack = self._maps[s].shape[0]
+            n_in_stack = self._counts[s]
             if not 0 <= idx < n_in_stack:
                 raise InputError(f"{self.star_path}: row {row + 1}: image {idx + 1} of {self.paths[s]} does not exist (the stack holds {n_in_stack})")
             self.index[row] = idx
@@ -88,7 +92,10 @@ class ImageSource:
             raise InputError(f"{self.star_path}: star file has no particle rows")
         self.box = box_from[0]
         self.lazy = lazy
-        self._memory: np.ndarray | None = None if lazy else self._read(np.arange(n))
+        self._memory: np.ndarray | None = None
+        if not lazy:
+            self._memory = self._read(np.arange(n))
+            self.close()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -105,18 +112,33 @@ class ImageSource:
         raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where})")
 
     @staticmethod
-    def _open(path: Path) -> np.ndarray:
+    def _header_shape(path: Path) -> tuple[int, int, int]:
+        """(number of images, ny, nx) from the MRC header alone."""
         try:
             with warnings.catch_warnings():
                 # Many EM programs write headers that mrcfile only accepts in permissive mode.
                 warnings.simplefilter("ignore", RuntimeWarning)
-                mrc = mrcfile.mmap(path, mode="r", permissive=True)
+                with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                    h = mrc.header
+                    return int(h.nz), int(h.ny), int(h.nx)
         except Exception as exc:
             raise InputError(f"{path}: not a readable MRC file ({exc})") from None
-        if mrc.data is None:
-            raise InputError(f"{path}: not a readable MRC file (no data)")
-        data = mrc.data
-        return data[None] if data.ndim == 2 else data
+
+    def _stack(self, s: int) -> np.ndarray:
+        """Memory map of stack ``s``, shape (n, D, D); at most MAX_OPEN files stay open (one stack
+        per particle is common, and file handles are limited)."""
+        if s in self._open_maps:
+            self._open_maps.move_to_end(s)
+        else:
+            if len(self._open_maps) >= self.MAX_OPEN:
+                self._open_maps.popitem(last=False)[1].close()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                self._open_maps[s] = mrcfile.mmap(self.paths[s], mode="r", permissive=True)
+        data = self._open_maps[s].data
+        if data is None:
+            raise InputError(f"{self.paths[s]}: not a readable MRC file (no data)")
+        return data.reshape(-1, self.box, self.box)
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
@@ -125,8 +147,13 @@ class ImageSource:
             sel = np.flatnonzero(stacks == s)
             idx = self.index[rows[sel]]
             order = np.argsort(idx, kind="stable")
-            out[sel[order]] = self._maps[s][idx[order]]
+            out[sel[order]] = self._stack(int(s))[idx[order]]
         return out
+
+    def close(self) -> None:
+        """Close the open memory maps (they reopen on demand)."""
+        while self._open_maps:
+            self._open_maps.popitem()[1].close()
 
     def get(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Images of the given rows.

@@ -1,13 +1,15 @@
 """Shared fixtures: the external sample (skipped when absent) and small simulated data sets."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-SAMPLE = REPO.parent / "shared" / "data" / "tomodrgn-sample-10076"
+# ../shared beside the checkout, as laid out for developers and CI; TOMODRGN_SAMPLE_DIR overrides.
+SAMPLE = Path(os.environ.get("TOMODRGN_SAMPLE_DIR", REPO.parent / "shared" / "data" / "tomodrgn-sample-10076"))
 SAMPLE_STAR = SAMPLE / "10076_both_32_sim.star"
 
 

@@ -58,3 +58,20 @@ def test_simulate_rejects_mismatched_volumes(tmp_path, capsys, phantom):
 def test_help(command):
     proc = subprocess.run([sys.executable, "-m", "tomodrgn_scipion.method.cli", command, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: tomodrgn-scipion " + command in proc.stdout
+
+
+def test_simulate_datadir_and_uninvert_round_trip(tmp_path, capsys, phantom):
+    """Protein-dark stacks written elsewhere: read back with --datadir and --uninvert-data."""
+    assert main(["simulate", "-o", str(tmp_path / "star"), "--datadir", str(tmp_path / "images"), "--uninvert-data",
+                 "-n", "20", "--tilt-max", "30", "--snr", "20"]) == 0
+    star = tmp_path / "star" / "particles.star"
+    assert read_star(star)["rlnImageName"][0] == "1@tomo_000.mrcs" and (tmp_path / "images" / "tomo_000.mrcs").is_file()
+    capsys.readouterr()
+    assert main(["backproject", str(star), "-o", str(tmp_path / "nodir.mrc")]) == 2  # stacks are elsewhere
+    err = capsys.readouterr().err
+    assert "tomo_000.mrcs" in err and "not found" in err
+    for flags, sign in ((["--uninvert-data"], 1), ([], -1)):
+        out = tmp_path / f"m{sign}.mrc"
+        assert main(["backproject", str(star), "-o", str(out), "--datadir", str(tmp_path / "images"), *flags]) == 0
+        corr = masked_correlation(mrcfile.read(out), (phantom[0] + phantom[1]) / 2)
+        assert sign * corr > 0.9

@@ -105,3 +105,28 @@ def test_datadir_and_float16_stacks(tmp_path, sim_high_snr):
     ref = TiltSeriesData(sim_high_snr / "particles.star")
     rows = np.arange(0, data.n_images, 97)
     np.testing.assert_allclose(data.real_images(rows).numpy(), ref.real_images(rows).numpy(), atol=2e-3, rtol=1e-2)
+
+
+def test_one_stack_per_particle_with_few_open_files(tmp_path, sim_high_snr, monkeypatch):
+    """Warp can write one stack per particle: thousands of files must not exhaust file handles."""
+    import mrcfile
+
+    from tomodrgn_scipion.method.stacks import ImageSource
+
+    star = read_star(sim_high_snr / "particles.star")
+    ref = TiltSeriesData(sim_high_snr / "particles.star", window=False, invert=False)
+    names = []
+    for p, rows in enumerate(ref.star.rows_of_particle):
+        with mrcfile.new(tmp_path / f"p{p}.mrcs") as m:
+            m.set_data(ref.images.get(rows))
+        names += [f"{i + 1}@p{p}.mrcs" for i in range(len(rows))]
+    star = star.iloc[np.concatenate(ref.star.rows_of_particle)].reset_index(drop=True)
+    star["rlnImageName"] = names
+    write_star(star, tmp_path / "per_particle.star")
+    monkeypatch.setattr(ImageSource, "MAX_OPEN", 3)
+    lazy = TiltSeriesData(tmp_path / "per_particle.star", window=False, invert=False, lazy=True)
+    rows = np.arange(0, lazy.n_images, 7)
+    got = lazy.real_images(rows).numpy()
+    assert len(lazy.images._open_maps) <= 3
+    expected = ref.real_images(np.concatenate(ref.star.rows_of_particle)[rows]).numpy()
+    np.testing.assert_array_equal(got, expected)
