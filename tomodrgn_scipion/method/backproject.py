@@ -82,9 +82,10 @@ def wiener_reg(bp: BackProjector, ssnr: Tensor, shells: Tensor) -> Tensor:
         From :func:`padded_shells`.
     """
     n = bp.geometry.d // 2 + 1
-    per_shell = fsc_mod.shell_mean(bp.den, shells, n) / ssnr.clamp(min=1e-6)
+    den = bp.accumulated()[1]
+    per_shell = fsc_mod.shell_mean(den, shells, n) / ssnr.clamp(min=1e-6)
     # Beyond Nyquist nothing was measured: a huge regulariser zeroes those voxels.
-    reg = torch.full_like(bp.den, float(per_shell.max()) * 1e6 + 1.0)
+    reg = torch.full_like(den, float(per_shell.max()) * 1e6 + 1.0)
     inside = shells < n
     reg[inside] = per_shell[shells[inside]]
     return reg

@@ -103,9 +103,17 @@ def hartley_to_fourier(h: Tensor, ndim: int) -> Tensor:
     index D // 2 on every axis, which needs odd sizes or a zero Nyquist row: for even D the Nyquist
     entries (index 0) map to themselves.
     """
-    axes = _axes(ndim)
-    hm = torch.roll(torch.flip(h, dims=axes), shifts=tuple(1 - (s % 2) for s in h.shape[-ndim:]), dims=axes)
+    hm = mirror(h, ndim)
     return torch.complex((h + hm) / 2, -(h - hm) / 2)
+
+
+def mirror(x: Tensor, ndim: int) -> Tensor:
+    """``x`` at ``-k``: each of the last ``ndim`` axes reflected about index D // 2.
+
+    For even D the Nyquist entry (index 0), which has no partner, maps to itself.
+    """
+    axes = _axes(ndim)
+    return torch.roll(torch.flip(x, dims=axes), shifts=tuple(1 - (s % 2) for s in x.shape[-ndim:]), dims=axes)
 
 
 def crop_center(x: Tensor, size: int, ndim: int) -> Tensor:

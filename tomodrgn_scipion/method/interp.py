@@ -14,18 +14,21 @@ Tensor = torch.Tensor
 def trilinear_stencil(points: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """Flat indices and weights of the 8 voxels around each point.
 
+    The grid holds a discrete Fourier transform, which is periodic: a neighbour past the last index
+    wraps to index 0 (the Nyquist plane). This keeps interpolation at ``-k`` the exact mirror of
+    interpolation at ``k``, so real volumes give Hermitian slices.
+
     Parameters
     ----------
     points : Tensor, shape (P, 3)
-        ``(x, y, z)`` in voxel units, 0 .. size - 1.
+        ``(x, y, z)`` in voxel units, within ``[0, size)``.
     size : int
         Cubic grid size.
 
     Returns
     -------
     idx : Tensor, int64, shape (P, 8)
-        Flat indices into the ``size**3`` grid; neighbours outside the grid point at index 0 with
-        weight 0.
+        Flat indices into the ``size**3`` grid.
     w : Tensor, shape (P, 8)
         Trilinear weights, dtype of ``points``.
     """
@@ -36,13 +39,12 @@ def trilinear_stencil(points: Tensor, size: int) -> tuple[Tensor, Tensor]:
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
-                ix, iy, iz = p0[:, 0] + dx, p0[:, 1] + dy, p0[:, 2] + dz
+                ix, iy, iz = (p0[:, 0] + dx) % size, (p0[:, 1] + dy) % size, (p0[:, 2] + dz) % size
                 wx = frac[:, 0] if dx else 1 - frac[:, 0]
                 wy = frac[:, 1] if dy else 1 - frac[:, 1]
                 wz = frac[:, 2] if dz else 1 - frac[:, 2]
-                inside = (ix >= 0) & (ix < size) & (iy >= 0) & (iy < size) & (iz >= 0) & (iz < size)
-                idx_list.append(torch.where(inside, (iz * size + iy) * size + ix, torch.zeros_like(ix)))
-                w_list.append(torch.where(inside, wx * wy * wz, torch.zeros_like(wx)))
+                idx_list.append((iz * size + iy) * size + ix)
+                w_list.append(wx * wy * wz)
     return torch.stack(idx_list, 1), torch.stack(w_list, 1)
 
 

@@ -109,7 +109,8 @@ class ImageSource:
             if c.is_file():
                 return c
         where = ", ".join(str(c) for c in candidates)
-        raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where})")
+        hint = "" if self.datadir is not None else "; pass --datadir if the stacks are elsewhere"
+        raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where}){hint}")
 
     @staticmethod
     def _header_shape(path: Path) -> tuple[int, int, int]:

@@ -35,7 +35,7 @@ def euler_to_matrix(rot: Tensor, tilt: Tensor, psi: Tensor) -> Tensor:
 
     Returns
     -------
-    Tensor, shape (N, 3, 3)
+    Tensor, float64, shape (N, 3, 3)
         RELION's ``A``; row vectors in the image frame map to the volume frame as ``v @ A``.
     """
     a, b, g = (torch.deg2rad(_as_tensor(t).to(torch.float64)).reshape(-1) for t in (rot, tilt, psi))
