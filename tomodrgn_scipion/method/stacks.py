@@ -15,17 +15,10 @@ from typing import Sequence
 import mrcfile
 import mrcfile.mrcmemmap
 import numpy as np
+import pandas as pd
 
 from .errors import InputError
 from .outputs import atomic_path, atomic_write
-
-
-def parse_image_name(name: str) -> tuple[int, str]:
-    """Split ``N@path`` into the 0-based index and the path; a bare path means image 1."""
-    if "@" in name:
-        idx, path = name.split("@", 1)
-        return int(idx) - 1, path
-    return 0, name
 
 
 class ImageSource:
@@ -55,46 +48,49 @@ class ImageSource:
                  datadir: str | os.PathLike | None = None, lazy: bool = False):
         self.star_path = Path(star_path)
         self.datadir = Path(datadir) if datadir else None
-        n = len(image_names)
-        self.index = np.empty(n, dtype=np.int64)
-        self.stack_of = np.empty(n, dtype=np.int64)
+        names = pd.Series(np.asarray(image_names, dtype=str))
+        has_at = names.str.contains("@", regex=False)
+        parts = names.str.split("@", n=1, expand=True) if has_at.any() else pd.DataFrame({0: names, 1: names})
+        rel = parts[1].where(has_at, names)
+        number = pd.to_numeric(parts[0].where(has_at, "1"), errors="coerce").to_numpy()
+        bad = ~np.isfinite(number) | (number != np.round(number))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{self.star_path}: row {row + 1}: column _rlnImageName has {names[row]!r}, expected N@stack.mrcs")
+        self.index = number.astype(np.int64) - 1
+        codes, uniques = pd.factorize(rel, sort=False)
+        self.stack_of = codes.astype(np.int64)
+        first_row = np.full(len(uniques), len(names))
+        np.minimum.at(first_row, codes, np.arange(len(names)))
         self.paths: list[Path] = []
-        self._counts: list[int] = []
+        counts = []
         self._open_maps: OrderedDict[int, mrcfile.mrcmemmap.MrcMemmap] = OrderedDict()
-        resolved: dict[str, int] = {}
         box_from: tuple[int, Path] | None = None
-        for row, name in enumerate(image_names):
-            try:
-                idx, rel = parse_image_name(str(name))
-            except ValueError:
-                raise InputError(f"{self.star_path}: row {row + 1}: column _rlnImageName has {name!r}, expected N@stack.mrcs") from None
-            if rel not in resolved:
-                path = self._resolve(rel, row)
-                count, *shape = self._header_shape(path)
-                if shape[0] != shape[1]:
-                    raise InputError(f"{path}: images are {shape[1]} x {shape[0]} pixels; boxes must be square")
-                if shape[0] % 2:
-                    raise InputError(f"{path}: box of {shape[0]} pixels is odd; boxes must be even")
-                if box_from is None:
-                    box_from = (shape[0], path)
-                elif shape[0] != box_from[0]:
-                    raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
-                resolved[rel] = len(self.paths)
-                self.paths.append(path)
-                self._counts.append(count)
-            s = resolved[rel]
-            n_in_stack = self._counts[s]
-            if not 0 <= idx < n_in_stack:
-                raise InputError(f"{self.star_path}: row {row + 1}: image {idx + 1} of {self.paths[s]} does not exist (the stack holds {n_in_stack})")
-            self.index[row] = idx
-            self.stack_of[row] = s
+        for s, r in enumerate(uniques):
+            path = self._resolve(str(r), int(first_row[s]))
+            count, *shape = self._header_shape(path)
+            if shape[0] != shape[1]:
+                raise InputError(f"{path}: images are {shape[1]} x {shape[0]} pixels; boxes must be square")
+            if shape[0] % 2:
+                raise InputError(f"{path}: box of {shape[0]} pixels is odd; boxes must be even")
+            if box_from is None:
+                box_from = (shape[0], path)
+            elif shape[0] != box_from[0]:
+                raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
+            self.paths.append(path)
+            counts.append(count)
+        beyond = (self.index < 0) | (self.index >= np.asarray(counts, dtype=np.int64)[self.stack_of])
+        if beyond.any():
+            row = int(np.flatnonzero(beyond)[0])
+            s = self.stack_of[row]
+            raise InputError(f"{self.star_path}: row {row + 1}: image {self.index[row] + 1} of {self.paths[s]} does not exist (the stack holds {counts[s]})")
         if box_from is None:
             raise InputError(f"{self.star_path}: star file has no particle rows")
         self.box = box_from[0]
         self.lazy = lazy
         self._memory: np.ndarray | None = None
         if not lazy:
-            self._memory = self._read(np.arange(n))
+            self._memory = self._read(np.arange(len(names)))
             self.close()
 
     def __len__(self) -> int:

@@ -69,6 +69,16 @@ def test_image_index_beyond_stack(work, tmp_path, capsys):
     assert "row 4" in err and "image 99" in err and "tomo_000.mrcs" in err
 
 
+@pytest.mark.parametrize("name,expected", [("x@stacks/tomo_000.mrcs", "expected N@stack.mrcs"), ("0@stacks/tomo_000.mrcs", "image 0 of")])
+def test_malformed_image_name(work, tmp_path, capsys, name, expected):
+    def spoil(df):
+        df.loc[5, "rlnImageName"] = name
+        return df
+
+    err = run_backproject(edit_star(work / "particles.star", spoil), tmp_path, capsys)
+    assert "row 6" in err and expected in err
+
+
 def _rewrite_stack(path: Path, data: np.ndarray) -> None:
     with mrcfile.new(path, overwrite=True) as m:
         m.set_data(data.astype(np.float32))
