@@ -5,7 +5,9 @@ Each particle gets a uniformly random orientation ``A_p`` and a position in its 
 particle orientation; tilt axis Y, as Warp's), a defocus that follows the particle's height in the
 tilted specimen, the CTF, physical dose attenuation ``exp(-N / 2Ne(k))``, ``cos(t)`` attenuation and
 a random sub-pixel origin shift; Gaussian noise is added at a target SNR (signal variance over noise
-variance, measured over the whole box of the noise-free images of the first chunk).
+variance, over the whole box of the noise-free images of up to 8 tomograms spread over the set). The
+j-th image acquired (0-based) has received a cumulative dose of ``(j + 1) * dose_per_tilt``, written as
+``_rlnCtfBfactor = -4 * dose`` as Warp does.
 
 Heterogeneity is either discrete (each particle drawn from one of the volumes, balanced labels) or
 continuous (two volumes mixed with a coefficient ``t`` in [0, 1] per particle).
