@@ -65,6 +65,24 @@ def insert_images(data: TiltSeriesData, rows: np.ndarray, bp: BackProjector, dos
     bp.insert(values * h, h, data.rotations(rows))
 
 
+def split_halves(data: TiltSeriesData, particles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the two half sets: alternate particles, each with all of its tilt images.
+
+    Parameters
+    ----------
+    data : TiltSeriesData
+    particles : numpy.ndarray of int, shape (P,)
+        Particle numbers in use.
+
+    Returns
+    -------
+    rows1, rows2 : numpy.ndarray of int
+        Star rows of particles ``particles[0::2]`` and ``particles[1::2]``.
+    """
+    rows = data.star.rows_of_particle
+    return tuple(np.concatenate([rows[p] for p in particles[h::2]]) for h in (0, 1))
+
+
 def padded_shells(g: SliceGeometry) -> Tensor:
     """Shell of the unpadded box (``round(|k| D)``) of every voxel of the padded grid, shape (S, S, S)."""
     return torch.div(radial_shells(g.size, 3, g.device) + g.pad // 2, g.pad, rounding_mode="floor")
@@ -121,9 +139,7 @@ def backproject(data: TiltSeriesData, particles: np.ndarray | None = None, pad: 
         raise ValueError("at least two particles are needed for half maps")
     g = SliceGeometry(data.box, pad, device)
     halves = [BackProjector(g), BackProjector(g)]
-    rows_per_half = [
-        np.concatenate([data.star.rows_of_particle[p] for p in particles[h::2]]) for h in (0, 1)
-    ]
+    rows_per_half = split_halves(data, particles)
     n_images = sum(len(r) for r in rows_per_half)
     progress = Progress(n_images, "back-projected", "images", log)
     for h, rows in enumerate(rows_per_half):

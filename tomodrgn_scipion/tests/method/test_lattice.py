@@ -26,11 +26,12 @@ def test_circular_mask_is_closed_under_negation():
 
 def test_soft_window_values():
     w = soft_circular_window(64, 0.5, 0.9).numpy()
-    assert w[32, 32] == 1.0 and w[32, 32 + 16] == 1.0          # r = 0.5: still 1
+    assert w[32, 32] == 1.0 and w[32, 32 + 16] == 1.0          # r = 0.5 of the half box: still 1
     assert w[32, 32 + 29] == 0.0 and w[0, 0] == 0.0              # beyond 0.9
-    r = 22.4 / 32                                                # halfway through the edge
-    assert soft_circular_window(64, 0.5, 0.9)[32, 32 + 22].item() == pytest.approx(0.5 * (1 + np.cos(np.pi * (22 / 32 - 0.5) / 0.4)), abs=1e-6)
-    assert 0.0 < w[32, 32 + int(r * 32)] < 1.0
+    t = (22 / 32 - 0.5) / 0.4                                    # r = 22 px: part way through the edge
+    assert w[32, 32 + 22] == pytest.approx(0.5 * (1 + np.cos(np.pi * t)), abs=1e-6)
+    assert 0.0 < w[32, 32 + 22] < 1.0
+    assert w[32 - 22, 32] == pytest.approx(w[32, 32 + 22])       # circular
 
 
 def test_radial_shells():
