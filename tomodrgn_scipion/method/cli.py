@@ -57,6 +57,21 @@ def _load_particle_selection(path: Path | None, first: int | None, n_particles: 
     return sel
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is absent is an input error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA was requested but torch {torch.__version__} sees no CUDA device")
+    try:
+        torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a torch device (use auto, cpu, cuda or cuda:N)") from None
+    return name
+
+
 # ----------------------------------------------------------------------------------------------- simulate
 def add_simulate(p: argparse.ArgumentParser) -> None:
     """Arguments of ``simulate``."""
@@ -150,7 +165,7 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l-dose-mask", action="store_true", help="drop frequencies exposed beyond 2.51284 x the critical dose")
     p.add_argument("--pad", type=int, default=2, help="Fourier oversampling (default: 2)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images back-projected at once (default: 256)")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
 
 
 def run_backproject(a: argparse.Namespace) -> None:
@@ -163,6 +178,7 @@ def run_backproject(a: argparse.Namespace) -> None:
     out = a.output if a.output.suffix == ".mrc" else a.output.with_suffix(".mrc")
     if a.pad < 1 or a.batch_size < 1:
         raise InputError("--pad and --batch-size must be >= 1")
+    a.device = resolve_device(a.device)
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
                           window=a.window, window_r=tuple(a.window_r))
     sel = _load_particle_selection(a.ind, a.first, data.n_particles)

@@ -155,3 +155,14 @@ def test_console_script_prints_no_traceback(work, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "Traceback" not in proc.stderr
     assert "_rlnGroupName" in proc.stderr
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_but_absent(work, tmp_path, capsys):
+    err = run_backproject(work / "particles.star", tmp_path, capsys, "--device", "cuda")
+    assert "CUDA" in err and "--device cuda" in err
+
+
+def test_unknown_device(work, tmp_path, capsys):
+    err = run_backproject(work / "particles.star", tmp_path, capsys, "--device", "gpu0")
+    assert "--device gpu0" in err
