@@ -40,6 +40,8 @@ class SliceGeometry:
         Their ``(kx, ky)``.
     half : Tensor, int64, shape (H,)
         Positions (in 0..P-1) of one frequency of each ``{k, -k}`` pair, and of ``k = 0``.
+    half_weight : Tensor, float32, shape (H,)
+        1, and 1/2 at ``k = 0`` (for insertion).
     mirror : Tensor, int64, shape (P,)
         For every used frequency, the position of ``-k``. Real images and volumes are Hermitian, so
         the values on ``half`` determine all others: this halves the work of slicing and inserting.
@@ -61,7 +63,8 @@ class SliceGeometry:
         self.mirror = mirrored[self.mask]
         kx, ky = self.freqs2d[:, 0], self.freqs2d[:, 1]
         self.half = torch.nonzero((kx > 0) | ((kx == 0) & (ky >= 0))).squeeze(1)
-        self._zero = int(torch.nonzero((kx == 0) & (ky == 0))[0])
+        # k = 0 is its own mirror: inserted with weight 1/2, it counts once after Hermitian completion.
+        self.half_weight = torch.where((kx[self.half] == 0) & (ky[self.half] == 0), 0.5, 1.0).to(torch.float32)
 
     def expand(self, half_values: Tensor) -> Tensor:
         """Values on all used frequencies from those on ``half`` (Hermitian symmetry).
@@ -195,8 +198,7 @@ class BackProjector:
         """
         g = self.geometry
         idx, w = interp.trilinear_stencil(g.points(rot, half=True).reshape(-1, 3), g.size)
-        zero = (g.half == g._zero).to(w.dtype)
-        w = (w.reshape(values.shape[0], -1, 8) * (1.0 - 0.5 * zero)[None, :, None]).reshape(-1, 8)
+        w = (w.reshape(values.shape[0], -1, 8) * g.half_weight[None, :, None]).reshape(-1, 8)
         interp.scatter(self.num, idx, w, values[:, g.half].reshape(-1))
         interp.scatter(self.den, idx, w, (transfer[:, g.half] ** 2).reshape(-1))
         self.count += values.shape[0]
