@@ -60,8 +60,9 @@ def insert_images(data: TiltSeriesData, rows: np.ndarray, bp: BackProjector, dos
     g = bp.geometry
     img = data.real_images(rows).to(g.device, torch.float64)
     f = shift_fourier(fft.fft2_center(img), data.shifts(rows).to(g.device))
-    values = g.from_grid(f)
-    h = data.imaging.subset(rows).transfer(g.freqs2d / data.pixel_size, dose_weight, tilt_weight, dose_mask)
+    # Real images: one frequency of each {k, -k} pair carries all the information.
+    values = g.from_grid(f)[:, g.half]
+    h = data.imaging.subset(rows).transfer(g.freqs2d[g.half] / data.pixel_size, dose_weight, tilt_weight, dose_mask)
     bp.insert(values * h, h, data.rotations(rows))
 
 

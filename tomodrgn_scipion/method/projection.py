@@ -186,21 +186,22 @@ class BackProjector:
         self.count = 0
 
     def insert(self, values: Tensor, transfer: Tensor, rot: Tensor) -> None:
-        """Add images.
+        """Add images, given on the ``geometry.half`` frequencies only (the rest follow by symmetry).
 
         Parameters
         ----------
-        values : Tensor, complex, shape (N, P)
-            Image transforms at ``geometry.coords``, already multiplied by their transfer ``h``.
-        transfer : Tensor, real, shape (N, P)
-            ``h``: CTF times any dose and tilt attenuation.
+        values : Tensor, complex, shape (N, H)
+            Image transforms at ``geometry.coords[geometry.half]``, already multiplied by their
+            transfer ``h``.
+        transfer : Tensor, real, shape (N, H)
+            ``h``: CTF times any dose and tilt attenuation, at the same frequencies.
         rot : Tensor, shape (N, 3, 3)
         """
         g = self.geometry
         idx, w = interp.trilinear_stencil(g.points(rot, half=True).reshape(-1, 3), g.size)
         w = (w.reshape(values.shape[0], -1, 8) * g.half_weight[None, :, None]).reshape(-1, 8)
-        interp.scatter(self.num, idx, w, values[:, g.half].reshape(-1))
-        interp.scatter(self.den, idx, w, (transfer[:, g.half] ** 2).reshape(-1))
+        interp.scatter(self.num, idx, w, values.reshape(-1))
+        interp.scatter(self.den, idx, w, (transfer ** 2).reshape(-1))
         self.count += values.shape[0]
 
     def __iadd__(self, other: "BackProjector") -> "BackProjector":

@@ -103,7 +103,6 @@ class _TiltImages:
     """Everything random about the tilt images of one tomogram, shape (M,) or (M, ...) each."""
 
     particle: np.ndarray
-    tilt: np.ndarray
     rot: torch.Tensor
     params: ImagingParams
     shifts: np.ndarray
@@ -160,7 +159,7 @@ class _Simulator:
             phase_shift=np.full(m, cfg.phase_shift), dose=np.tile(self.dose, len(parts)), ctf_scalefactor=np.cos(rad),
         )
         shifts = rng.normal(0.0, cfg.shift_std, (m, 2)) if cfg.shift_std > 0 else np.zeros((m, 2))
-        return _TiltImages(pidx, tilt, rot, params, shifts)
+        return _TiltImages(pidx, rot, params, shifts)
 
     def signal(self, ti: _TiltImages, rows: slice) -> np.ndarray:
         """Noise-free images of ``ti[rows]``, float64, shape (B, D, D), in the requested contrast."""
