@@ -37,12 +37,16 @@ test: venv
 	mkdir -p $(SCIPION_DIR)/data $(SCIPION_DIR)/tests
 	$(SCIPION_ENV) $(VPY) -m pytest -q tomodrgn_scipion/tests
 
-# The main job on the built-in data set: simulate Warp-style tilt series of the two-state phantom, then
-# back-project them (protein-light data: the default contrast inversion applies).
+# The main job on the built-in data set: simulate Warp-style tilt series of the two-state phantom,
+# back-project them (protein-light data: the default contrast inversion applies), train the VAE for a
+# few epochs and render the volume at the origin of the latent space.
 demo: venv
+	rm -rf demo/train_vae demo/volumes
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data --seed 0
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion backproject demo/data/particles.star -o demo/backproject/map.mrc
-	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject"
+	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion train_vae demo/data/particles.star -o demo/train_vae --zdim 2 -n 2 --seed 0
+	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion eval_vol -w demo/train_vae/weights.pt -c demo/train_vae/config.json -z 0 0 -o demo/volumes
+	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject, model and z in $(CURDIR)/demo/train_vae, volume in $(CURDIR)/demo/volumes"
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

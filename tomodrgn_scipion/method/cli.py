@@ -1,7 +1,8 @@
 """The ``tomodrgn-scipion`` command line: ``tomodrgn-scipion <command> [options]``.
 
 Command and flag names follow tomoDRGN's where they mean the same thing. Bad input ends the
-command with one line on stderr naming the file, row or column at fault, and exit status 2.
+command with one line on stderr naming the file, row or column at fault, and exit status 2; a
+training run that cannot go on (non-finite loss) ends with one line and exit status 3.
 """
 from __future__ import annotations
 
@@ -12,64 +13,12 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
-from .errors import InputError
+from . import cli_train
+from .cliutil import add_data_args, load_particle_selection, resolve_device
+from .errors import InputError, MethodError, TrainingError
 
 log = logging.getLogger("tomodrgn_scipion")
-
-
-def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datadir", type=Path, help="second folder to look for image stacks in (after the star file's folder)")
-    p.add_argument("--uninvert-data", action="store_true",
-                   help="do not invert image contrast (for protein-dark images; Warp/RELION export protein-light ones, which are inverted by default)")
-    p.add_argument("--lazy", action="store_true", help="read images from disk as needed instead of loading them all")
-    p.add_argument("--no-window", dest="window", action="store_false", help="do not apply the soft circular real-space window")
-    p.add_argument("--window-r", type=float, nargs=2, default=(0.85, 0.99), metavar=("IN", "OUT"),
-                   help="inner and outer radius of the window, fractions of half the box (default: 0.85 0.99)")
-
-
-def _load_particle_selection(path: Path | None, first: int | None, n_particles: int) -> np.ndarray:
-    """Particle numbers from an index file (``.txt``: one integer per line, or ``.pkl``/``.npy``)."""
-    sel = np.arange(n_particles)
-    if path is not None:
-        if not path.is_file():
-            raise InputError(f"{path}: index file not found")
-        try:
-            if path.suffix == ".pkl":
-                import pickle
-
-                with open(path, "rb") as fh:
-                    sel = np.asarray(pickle.load(fh), dtype=np.int64).reshape(-1)
-            elif path.suffix == ".npy":
-                sel = np.load(path).astype(np.int64).reshape(-1)
-            else:
-                sel = np.loadtxt(path, dtype=np.int64, ndmin=1)
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read particle indices ({exc})") from None
-        bad = (sel < 0) | (sel >= n_particles)
-        if bad.any():
-            raise InputError(f"{path}: particle index {sel[bad][0]} out of range 0..{n_particles - 1}")
-    if first is not None:
-        sel = sel[:first]
-    if len(sel) == 0:
-        raise InputError("no particles selected")
-    return sel
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is absent is an input error."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name}: CUDA was requested but torch {torch.__version__} sees no CUDA device")
-    try:
-        torch.device(name)
-    except RuntimeError:
-        raise InputError(f"--device {name}: not a torch device (use auto, cpu, cuda or cuda:N)") from None
-    return name
 
 
 # ----------------------------------------------------------------------------------------------- simulate
@@ -157,7 +106,7 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     """Arguments of ``backproject``."""
     p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output map (.mrc); half maps, filtered map and FSC go beside it")
-    _add_data_args(p)
+    add_data_args(p)
     p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line, .pkl or .npy; 0-based, order of first appearance)")
     p.add_argument("--first", type=int, help="use only the first N particles (after --ind)")
     p.add_argument("--recon-tilt-weight", action="store_true", help="weight images by cos(stage tilt)")
@@ -181,7 +130,7 @@ def run_backproject(a: argparse.Namespace) -> None:
     a.device = resolve_device(a.device)
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
                           window=a.window, window_r=tuple(a.window_r))
-    sel = _load_particle_selection(a.ind, a.first, data.n_particles)
+    sel = load_particle_selection(a.ind, a.first, data.n_particles)
     if len(sel) < 2:
         raise InputError("at least two particles are needed for half maps and FSC")
     log.info("%s: %d particles, %d tilt images, box %d px, %g A/px", a.particles, data.n_particles, data.n_images,
@@ -208,6 +157,10 @@ def run_backproject(a: argparse.Namespace) -> None:
 COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "simulate": (add_simulate, run_simulate, "simulate Warp-style particle tilt series with known ground truth"),
     "backproject": (add_backproject, run_backproject, "homogeneous reconstruction by Fourier back-projection, with half maps and FSC"),
+    "train_vae": (cli_train.add_train_vae, cli_train.run_train_vae, "learn heterogeneity: train the VAE (encoder, latent z, decoder)"),
+    "train_nn": (cli_train.add_train_nn, cli_train.run_train_nn, "homogeneous reconstruction with the decoder alone (reconstruct.mrc)"),
+    "eval_vol": (cli_train.add_eval_vol, cli_train.run_eval_vol, "generate volumes from a trained model at latent points"),
+    "eval_images": (cli_train.add_eval_images, cli_train.run_eval_images, "embed particles with a trained encoder (z per particle)"),
 }
 
 
@@ -226,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``tomodrgn-scipion``; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = parser.parse_args(argv)
+    a.argv = argv
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if a.threads:
@@ -236,9 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     try:
         COMMANDS[a.command][1](a)
-    except InputError as exc:
+    except MethodError as exc:
         print(f"tomodrgn-scipion {a.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if isinstance(exc, TrainingError) else 2
     except KeyboardInterrupt:
         print(f"tomodrgn-scipion {a.command}: interrupted", file=sys.stderr)
         return 130

@@ -54,9 +54,9 @@ class ImagingParams:
         t = {f.name: torch.as_tensor(getattr(self, f.name), dtype=torch.float64, device=freqs_a.device) for f in fields(self)}
         return compute_ctf(freqs_a, t["dfu"], t["dfv"], t["dfang"], t["voltage"], t["cs"], t["w"], t["phase_shift"])
 
-    def transfer(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,
-                 dose_mask: bool = False) -> Tensor:
-        """Signal transfer of each image at each frequency.
+    def attenuation(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,
+                    dose_mask: bool = False) -> Tensor:
+        """Dose and stage-tilt attenuation of each image at each frequency (no CTF).
 
         Parameters
         ----------
@@ -73,12 +73,25 @@ class ImagingParams:
         -------
         Tensor, shape (N, M), dtype of ``freqs_a``
         """
-        h = self.ctf(freqs_a)
+        a = torch.ones(len(self), freqs_a.shape[0], dtype=freqs_a.dtype, device=freqs_a.device)
         k = freqs_a.norm(dim=-1)
         if dose_weight:
-            h = h * dose_mod.dose_weights(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(h)
+            a = a * dose_mod.dose_weights(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(a)
         if tilt_weight:
-            h = h * dose_mod.tilt_weights(torch.as_tensor(self.ctf_scalefactor, device=h.device)).to(h)[:, None]
+            a = a * dose_mod.tilt_weights(torch.as_tensor(self.ctf_scalefactor, device=a.device)).to(a)[:, None]
         if dose_mask:
-            h = h * dose_mod.optimal_exposure_mask(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(h)
+            a = a * dose_mod.optimal_exposure_mask(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(a)
+        return a
+
+    def transfer(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,
+                 dose_mask: bool = False) -> Tensor:
+        """Signal transfer of each image at each frequency: CTF times :meth:`attenuation`.
+
+        Returns
+        -------
+        Tensor, shape (N, M), dtype of ``freqs_a``
+        """
+        h = self.ctf(freqs_a)
+        if dose_weight or tilt_weight or dose_mask:
+            h = h * self.attenuation(freqs_a, dose_weight, tilt_weight, dose_mask)
         return h

@@ -18,11 +18,15 @@ class Progress:
         Name of one unit, plural, e.g. ``"images"``.
     logger : logging.Logger
     every : float
-        Seconds between lines; the last unit always gets a line.
+        Seconds between lines.
+    final : bool
+        Always log a line when the last unit is done (off when the caller logs its own summary).
     """
 
-    def __init__(self, total: int, what: str, unit: str, logger: logging.Logger, every: float = 5.0):
+    def __init__(self, total: int, what: str, unit: str, logger: logging.Logger, every: float = 5.0,
+                 final: bool = True):
         self.total, self.what, self.unit, self.log, self.every = total, what, unit, logger, every
+        self.final = final
         self.done = 0
         self.t0 = self.last = time.monotonic()
 
@@ -30,7 +34,7 @@ class Progress:
         """Record ``n`` more units."""
         self.done += n
         now = time.monotonic()
-        if now - self.last < self.every and self.done < self.total:
+        if now - self.last < self.every and (self.done < self.total or not self.final):
             return
         self.last = now
         rate = self.done / max(now - self.t0, 1e-9)

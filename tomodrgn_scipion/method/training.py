@@ -1,0 +1,451 @@
+"""Training of the VAE (``train_vae``) and of the homogeneous decoder (``train_nn``).
+
+Loss of a batch of B particles with tilt images i and half-plane frequencies k:
+
+``recon = sum_ik w_ik |C_ik D(k A_i, z) - Y_ik|^2 / sum_ik n_k``
+
+where ``C`` is the CTF, ``Y`` the normalised image transform, ``n_k`` the number of full-plane
+frequencies the half-plane frequency stands for (2, and 1 for k = 0) and ``w_ik = n_k`` times the
+optional dose weight, tilt weight and dose mask. With every weight 1 this is the mean squared error
+over the full Fourier plane, which equals tomoDRGN's mean squared Hartley-space error. The KL term
+is added as ``beta * mean_B KL / (sum_ik n_k / B)``: per particle, relative to its number of
+frequencies, as upstream scales it.
+
+Randomness is drawn from generators seeded by ``(seed, epoch)``, so a run resumed from the
+checkpoint of epoch E continues exactly as the uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import re
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import InputError, TrainingError
+from .models import ModelConfig, TomoModel, render_volume
+from .outputs import atomic_path, atomic_write, write_text
+from .particles import Batch, ParticleTiltData
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+Tensor = torch.Tensor
+
+CHECKPOINT_RE = re.compile(r"^weights\.(\d+)\.pt$")
+
+
+# ------------------------------------------------------------------------------------------ beta
+def beta_schedule(spec: str | float | None, zdim: int) -> Callable[[float], float]:
+    """KL weight as a function of the (fractional) epoch, counted from 0.
+
+    Parameters
+    ----------
+    spec : str, float or None
+        ``None``: ``1 / zdim``. A number: constant. ``linear:START:END:EPOCHS``: from START to END over
+        the first EPOCHS epochs, then END. ``cyclic:MAX:PERIOD``: cyclical annealing, rising from 0 to
+        MAX over the first half of every PERIOD epochs and held at MAX for the second half.
+    zdim : int
+    """
+    if spec is None:
+        return lambda e: 1.0 / zdim
+    text = str(spec)
+    try:
+        if text.startswith("linear:"):
+            start, end, epochs = (float(x) for x in text.split(":")[1:])
+            if epochs <= 0:
+                raise ValueError
+            return lambda e: start + (end - start) * min(e / epochs, 1.0)
+        if text.startswith("cyclic:"):
+            peak, period = (float(x) for x in text.split(":")[1:])
+            if period <= 0:
+                raise ValueError
+            return lambda e: peak * min(2.0 * ((e % period) / period), 1.0)
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--beta {text}: expected a number, linear:START:END:EPOCHS or cyclic:MAX:PERIOD") from None
+    if value < 0 or not math.isfinite(value):
+        raise InputError(f"--beta {text}: must be a finite number >= 0")
+    return lambda e: value
+
+
+def learning_rate(settings: "TrainSettings", epoch: float) -> float:
+    """Learning rate at a (fractional) epoch: ``lr``, or with ``lr_schedule = "cosine"`` a half cosine
+    from ``lr`` down to ``lr / 100`` over the run (a resumed run follows the same curve)."""
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    t = min(epoch / settings.num_epochs, 1.0)
+    return settings.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+# -------------------------------------------------------------------------------------- settings
+@dataclass
+class TrainSettings:
+    """Optimisation settings (the rest of a run's configuration is data and architecture)."""
+
+    num_epochs: int = 20
+    batch_size: int = 1
+    lr: float = 2e-4
+    wd: float = 0.0
+    beta: str | None = None
+    seed: int = 0
+    recon_dose_weight: bool = False
+    recon_tilt_weight: bool = False
+    l_dose_mask: bool = False
+    checkpoint: int = 1
+    amp: bool = True
+    num_workers: int = 0
+    tilt_sampling: str = "lowest-dose"
+    lr_schedule: str = "constant"
+
+    def check(self) -> None:
+        """Raise :class:`InputError` for settings that cannot work."""
+        if self.num_epochs < 1:
+            raise InputError(f"-n/--num-epochs {self.num_epochs}: must be >= 1")
+        if self.batch_size < 1:
+            raise InputError(f"-b/--batch-size {self.batch_size}: must be >= 1")
+        if not self.lr > 0:
+            raise InputError(f"--lr {self.lr}: must be > 0")
+        if self.wd < 0:
+            raise InputError(f"--wd {self.wd}: must be >= 0")
+        if self.tilt_sampling not in ("random", "lowest-dose"):
+            raise InputError(f"--tilt-sampling {self.tilt_sampling}: expected random or lowest-dose")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise InputError(f"--lr-schedule {self.lr_schedule}: expected constant or cosine")
+        if self.checkpoint < 0:
+            raise InputError(f"--checkpoint {self.checkpoint}: must be >= 0")
+
+
+# ------------------------------------------------------------------------------------ the model
+def amp_context(device: torch.device, enabled: bool):
+    """Autocast on CUDA (bfloat16 where supported, else float16); nothing on the CPU."""
+    if not enabled or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def reconstruction_loss(model: TomoModel, data: ParticleTiltData, b: Batch, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``recon`` of the module docstring and the number of full-plane points per particle.
+
+    Every half-plane frequency of every image is decoded (points outside the dose mask have weight
+    0), so the slices stay a regular (N, H) array.
+    """
+    coords = data.half_coords.to(b.rot.device) @ b.rot  # (N, H, 3): k A for each image
+    pred = model.decoder(coords, None if z is None else z[b.image_particle]).float()
+    err = (pred * b.ctf[..., None] - torch.view_as_real(b.values)).square().sum(-1)
+    points = data.points.to(b.weight.device)
+    if data.flags[2]:
+        total_points = ((b.weight > 0) * points).sum()
+    else:
+        total_points = points.sum() * b.n_images
+    return (b.weight * err).sum() / total_points, total_points / len(b.particles)
+
+
+def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(q(z) || N(0, I)) per particle, shape (B,)."""
+    return -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(-1)
+
+
+@torch.no_grad()
+def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and log-variance of q(z) of every particle, deterministically (the ``ntilts``
+    lowest-dose tilts of each).
+
+    Returns
+    -------
+    mu, logvar : numpy.ndarray, float32, shape (P, zdim)
+    """
+    was_training = model.training
+    model.eval()
+    mus, logvars = [], []
+    order = np.arange(data.n_particles)
+    groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for g in groups:
+        b = data.batch(g, encoder_only=True)
+        mu, logvar = model.encoder(b.enc_input)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    model.train(was_training)
+    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def save_torch(obj: dict, path: Path) -> None:
+    """``torch.save`` atomically."""
+    tmp, final = atomic_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_npy(array: np.ndarray, path: Path) -> None:
+    """``numpy.save`` atomically."""
+    with atomic_write(path) as tmp:
+        np.save(tmp, array)
+
+
+def latest_checkpoint(outdir: Path) -> Path:
+    """The ``weights.E.pt`` of ``outdir`` with the largest E."""
+    found = [(int(m.group(1)), p) for p in outdir.glob("weights.*.pt") if (m := CHECKPOINT_RE.match(p.name))]
+    if not found:
+        raise InputError(f"--load latest: no checkpoint weights.EPOCH.pt in {outdir}")
+    return max(found)[1]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """A checkpoint written by :func:`train`; one clear error when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a tomodrgn-scipion checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise InputError(f"{path}: not a tomodrgn-scipion checkpoint (no model configuration)")
+    return ckpt
+
+
+def check_same_architecture(path: Path, saved: dict, wanted: ModelConfig) -> None:
+    """Raise one line naming the first differences between a checkpoint's and this run's model."""
+    want = wanted.to_dict()
+    diffs = [f"{k.replace('_', '-')} {saved.get(k)!r} vs {want[k]!r}" for k in want if saved.get(k) != want[k]]
+    if diffs:
+        raise InputError(f"{path}: checkpoint has a different architecture than this run ({'; '.join(diffs[:4])}); "
+                         f"resume with the same model options")
+
+
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> TomoModel:
+    """Rebuild a model and load its weights."""
+    model = ModelConfig.from_dict(ckpt["model_config"]).build().to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model
+
+
+# -------------------------------------------------------------------------------------- training
+@dataclass
+class EpochStats:
+    epoch: int
+    recon: float
+    kl: float
+    beta: float
+    total: float
+    seconds: float
+    images_per_s: float
+
+
+def _read_history(path: Path, up_to: int) -> list[EpochStats]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = [EpochStats(**{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}) for r in csv.DictReader(fh)]
+    return [r for r in rows if r.epoch <= up_to]
+
+
+def _write_history(path: Path, history: list[EpochStats]) -> None:
+    names = list(asdict(history[0]))
+    lines = [",".join(names)] + [",".join(repr(v) if isinstance(v, float) else str(v) for v in asdict(h).values()) for h in history]
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def write_config(path: Path, model_cfg: ModelConfig, settings: TrainSettings, data_cfg: dict, extra: dict) -> None:
+    """``config.json``: everything needed to rebuild the model and its data preprocessing."""
+    cfg = {**extra, "model": model_cfg.to_dict(), "data": data_cfg, "training": asdict(settings)}
+    write_text(path, json.dumps(cfg, indent=2) + "\n")
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A ``config.json`` written by :func:`write_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a JSON config ({exc})") from None
+    if not isinstance(cfg, dict) or not {"model", "data"} <= set(cfg):
+        raise InputError(f"{path}: not a tomodrgn-scipion config (needs 'model' and 'data')")
+    return cfg
+
+
+def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: str | os.PathLike,
+          data_cfg: dict, extra: dict | None = None, load: str | None = None) -> list[EpochStats]:
+    """Train a model and write its outputs into ``outdir``.
+
+    Writes ``config.json``, ``run.log`` (appended), ``loss.csv``, ``particle_ids.txt``; every
+    ``checkpoint`` epochs ``weights.E.pt`` and, for a VAE, ``z.E.npy`` and ``z_logvar.E.npy``, for a
+    homogeneous model ``reconstruct.E.mrc``; at the end ``weights.pt`` and ``z.npy``/``z_logvar.npy``
+    or ``reconstruct.mrc``.
+
+    Parameters
+    ----------
+    model_cfg : ModelConfig
+    settings : TrainSettings
+    data : ParticleTiltData
+    outdir : path-like
+    data_cfg : dict
+        Data preprocessing for ``config.json`` (star, datadir, inversion, window, norm...).
+    extra : dict
+        More entries for ``config.json`` (command line, version).
+    load : str, optional
+        ``latest`` or a checkpoint path to resume from.
+
+    Returns
+    -------
+    list of EpochStats
+        One per epoch, including those of a resumed run.
+    """
+    settings.check()
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    device = data.device
+    vae = model_cfg.zdim > 0
+    handler = logging.FileHandler(outdir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    root = logging.getLogger("tomodrgn_scipion")
+    level = root.level
+    # run.log records progress whatever the caller's logging configuration is
+    root.setLevel(min(root.getEffectiveLevel(), logging.INFO))
+    root.addHandler(handler)
+    try:
+        return _train(model_cfg, settings, data, outdir, data_cfg, extra or {}, load, device, vae)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
+
+
+def _train(model_cfg, settings, data, outdir, data_cfg, extra, load, device, vae) -> list[EpochStats]:
+    torch.manual_seed(settings.seed)
+    model = model_cfg.build().to(device)
+    optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
+    use_amp = settings.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported()) if use_amp else None
+    beta_of = beta_schedule(settings.beta, model_cfg.zdim) if vae else (lambda e: 0.0)
+
+    start_epoch, history = 0, []
+    if load:
+        path = latest_checkpoint(outdir) if load == "latest" else Path(load)
+        ckpt = load_checkpoint(path, device)
+        check_same_architecture(path, ckpt["model_config"], model_cfg)
+        model.load_state_dict(ckpt["model"])
+        optim.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        for group in optim.param_groups:  # the command line, not the checkpoint, sets these
+            group["lr"], group["weight_decay"] = settings.lr, settings.wd
+        start_epoch = int(ckpt["epoch"])
+        history = _read_history(outdir / "loss.csv", start_epoch)
+        log.info("resuming from %s after epoch %d", path, start_epoch)
+        if start_epoch >= settings.num_epochs:
+            raise InputError(f"{path}: already trained {start_epoch} epochs; ask for more with -n/--num-epochs")
+
+    write_config(outdir / "config.json", model_cfg, settings, data_cfg, extra)
+    write_text(outdir / "particle_ids.txt", "\n".join(data.particle_ids) + "\n")
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("%s: %d particles, %d tilt images, box %d, %d parameters, device %s%s",
+             "train_vae" if vae else "train_nn", data.n_particles, data.n_images, model_cfg.box, n_params, device,
+             ", AMP" if use_amp else "")
+    epochs_left = settings.num_epochs - start_epoch
+    t_run = time.monotonic()
+    last_good = start_epoch or None
+    for epoch in range(start_epoch, settings.num_epochs):
+        t0 = time.monotonic()
+        model.train()
+        rng = np.random.default_rng([settings.seed, epoch])
+        order = rng.permutation(data.n_particles)
+        noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+        sums = np.zeros(3)
+        n_batches = math.ceil(data.n_particles / settings.batch_size)
+        prog = Progress(data.n_images, f"epoch {epoch + 1}", "images", log, every=30.0, final=False)
+        for i, b in enumerate(data.batches(order, settings.batch_size, settings.num_workers,
+                                               rng if settings.tilt_sampling == "random" else None)):
+            beta = beta_of(epoch + i / n_batches)
+            lr = learning_rate(settings, epoch + i / n_batches)
+            for group in optim.param_groups:
+                group["lr"] = lr
+            optim.zero_grad(set_to_none=True)
+            with amp_context(device, use_amp):
+                if vae:
+                    mu, logvar = model.encoder(b.enc_input)
+                    eps = torch.randn(mu.shape, generator=noise).to(device)
+                    z = model.reparameterize(mu.float(), logvar.float(), eps)
+                    recon, points = reconstruction_loss(model, data, b, z)
+                    kl = kl_divergence(mu.float(), logvar.float()).mean()
+                else:
+                    recon, points = reconstruction_loss(model, data, b, None)
+                    kl = torch.zeros((), device=device)
+                loss = recon + beta * kl / points
+            if not torch.isfinite(loss):
+                where = outdir / f"weights.{last_good}.pt" if last_good else "none yet"
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped "
+                                    f"(last good checkpoint: {where}); lower --lr or check the input images")
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optim)
+                scaler.update()
+            else:
+                loss.backward()
+                optim.step()
+            nb = len(b.particles)
+            sums += nb * np.array([recon.item(), kl.item(), loss.item()])
+            prog.update(b.n_images)
+        seconds = time.monotonic() - t0
+        stats = EpochStats(epoch + 1, *(sums[:2] / data.n_particles), beta_of(epoch + 1), sums[2] / data.n_particles,
+                           seconds, data.n_images / seconds)
+        history.append(stats)
+        done = epoch + 1 - start_epoch
+        eta = (time.monotonic() - t_run) / done * (epochs_left - done)
+        kl_text = f"  KL {stats.kl:.4f}  total {stats.total:.6f}" if vae else ""
+        log.info("epoch %d/%d  recon %.6f%s  %.1f s  %.0f images/s  ETA %s", stats.epoch, settings.num_epochs,
+                 stats.recon, kl_text, seconds, stats.images_per_s, _hms(eta))
+        _write_history(outdir / "loss.csv", history)
+        final = epoch + 1 == settings.num_epochs
+        if (settings.checkpoint and (epoch + 1) % settings.checkpoint == 0) or final:
+            _checkpoint(model, optim, scaler, epoch + 1, data, outdir, settings, final)
+            last_good = epoch + 1
+    log.info("finished %d epochs in %s", epochs_left, _hms(time.monotonic() - t_run))
+    return history
+
+
+def _checkpoint(model: TomoModel, optim, scaler, epoch: int, data: ParticleTiltData, outdir: Path,
+                settings: TrainSettings, final: bool) -> None:
+    state = {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": optim.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "model_config": model.cfg.to_dict(), "norm": data.norm,
+    }
+    names = [f"weights.{epoch}.pt"] + (["weights.pt"] if final else [])
+    for name in names:
+        save_torch(state, outdir / name)
+    if model.cfg.zdim > 0:
+        mu, logvar = infer_z(model, data, max(settings.batch_size, 64))
+        for suffix in [f".{epoch}"] + ([""] if final else []):
+            save_npy(mu, outdir / f"z{suffix}.npy")
+            save_npy(logvar, outdir / f"z_logvar{suffix}.npy")
+    else:
+        from .stacks import write_mrc
+
+        model.eval()
+        vol = render_volume(model.decoder, None, model.cfg.box).cpu().numpy()
+        for suffix in [f".{epoch}"] + ([""] if final else []):
+            write_mrc(outdir / f"reconstruct{suffix}.mrc", vol, data.data.pixel_size)
+    log.info("checkpoint %s written", names[0])
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
