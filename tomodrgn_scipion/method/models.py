@@ -88,8 +88,10 @@ class PositionalEncoding(nn.Module):
         """Features of ``coords`` (..., 3) in cycles per pixel; shape (..., out_dim)."""
         if self.pe_type == "none":
             return coords
-        x = coords @ self.proj
-        return torch.cat([torch.sin(x), torch.cos(x)], -1)
+        # phases reach tens of radians: keep them in float32 even under mixed precision
+        with torch.autocast(coords.device.type, enabled=False):
+            x = coords.float() @ self.proj.float()
+            return torch.cat([torch.sin(x), torch.cos(x)], -1)
 
 
 class ResidLinear(nn.Module):

@@ -127,7 +127,7 @@ class ParticleTiltData:
         self.flags = (dose_weight, tilt_weight, dose_mask)
         self.lazy = data.images.lazy
         self.norm = float(norm) if norm is not None else self.estimate_norm(seed)
-        self.rot = data.rotations(self.rows).to(torch.float32)
+        self.rot = data.rotations(self.rows).to(self.device, torch.float32)
         self._values = self._ctf = self._weight = None
         if not self.lazy:
             self._values, self._ctf, self._weight = self._load_all()
@@ -232,7 +232,7 @@ class ParticleTiltData:
             # each tilt scaled to unit RMS: particle-to-particle differences in image power (ice,
             # noise level) would otherwise be the easiest thing for z to encode
             enc = enc / enc.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-        return Batch(particles, enc, values, ctf, weight.contiguous(), self.rot[pos].to(self.device), image_particle)
+        return Batch(particles, enc, values, ctf, weight.contiguous(), self.rot[torch.as_tensor(pos, device=self.device)], image_particle)
 
     def random_tilts(self, particles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random choice of ``ntilts`` of each particle's tilts in random order, shape (B, ntilts)."""

@@ -156,7 +156,7 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64, num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Mean and log-variance of q(z) of every particle, deterministically (the ``ntilts``
     lowest-dose tilts of each).
 
@@ -359,6 +359,8 @@ def _train(model_cfg, settings, data, outdir, data_cfg, extra, load, device, vae
     log.info("%s: %d particles, %d tilt images, box %d, %d parameters, device %s%s",
              "train_vae" if vae else "train_nn", data.n_particles, data.n_images, model_cfg.box, n_params, device,
              ", AMP" if use_amp else "")
+    if data.n_dropped:
+        log.info("%d particles with fewer than %d tilt images were dropped (--ntilts)", data.n_dropped, data.ntilts)
     epochs_left = settings.num_epochs - start_epoch
     t_run = time.monotonic()
     last_good = start_epoch or None
