@@ -290,3 +290,34 @@ def test_random_tilt_sampling_is_seeded(tmp_path, two_state):
     assert weights_equal(tmp_path / "a" / "weights.pt", tmp_path / "b" / "weights.pt")
     assert train(star, tmp_path / "c", "--lr-schedule", "cosine", epochs=1) == 0  # lowest-dose tilts train differently
     assert not weights_equal(tmp_path / "a" / "weights.pt", tmp_path / "c" / "weights.pt")
+
+
+def test_dose_and_tilt_weights_and_dose_mask(tmp_path, two_state):
+    """The loss weights change what is fitted; the dose mask removes frequencies from the count."""
+    from tomodrgn_scipion.method.dataset import TiltSeriesData
+    from tomodrgn_scipion.method.models import ModelConfig
+    from tomodrgn_scipion.method.particles import ParticleTiltData
+    from tomodrgn_scipion.method.training import reconstruction_loss
+
+    df = read_star(two_state / "particles.star")
+    df["rlnCtfBfactor"] = [repr(4 * float(b)) for b in df["rlnCtfBfactor"]]  # up to 132 e/A^2: beyond the optimum at Nyquist
+    star = two_state / "high_dose.star"
+    write_star(df, star)
+    data = TiltSeriesData(star)
+    torch.manual_seed(0)
+    plain = ParticleTiltData(data)
+    model = ModelConfig(box=BOX, zdim=2, dec_layers=1, dec_dim=16, enc_in_dim=plain.enc_in_dim, ntilts=plain.ntilts).build()
+    z = torch.zeros(4, 2)
+    losses, points = {}, {}
+    for name, flags in {"plain": (False, False, False), "weights": (True, True, False), "mask": (False, False, True)}.items():
+        d = ParticleTiltData(data, norm=plain.norm, dose_weight=flags[0], tilt_weight=flags[1], dose_mask=flags[2])
+        b = d.batch(np.arange(4))
+        with torch.no_grad():
+            loss, pts = reconstruction_loss(model, d, b, z)
+        losses[name], points[name] = float(loss), float(pts)
+    assert losses["weights"] < losses["plain"]  # every weight is <= 1
+    assert points["weights"] == points["plain"] and points["mask"] < points["plain"]
+    # and the command line trains with all of them
+    assert train(star, tmp_path / "v", "--recon-dose-weight", "--recon-tilt-weight", "--l-dose-mask", epochs=1) == 0
+    cfg = __import__("json").loads((tmp_path / "v" / "config.json").read_text())
+    assert cfg["training"]["l_dose_mask"] and cfg["training"]["recon_dose_weight"]
