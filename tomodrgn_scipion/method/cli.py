@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 
 from . import cli_train
-from .cliutil import add_data_args, load_particle_selection, resolve_device
+from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
 from .errors import InputError, MethodError, TrainingError
 
 log = logging.getLogger("tomodrgn_scipion")
@@ -114,7 +114,7 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     p.add_argument("--l-dose-mask", action="store_true", help="drop frequencies exposed beyond 2.51284 x the critical dose")
     p.add_argument("--pad", type=int, default=2, help="Fourier oversampling (default: 2)")
     p.add_argument("-b", "--batch-size", type=int, default=256, help="images back-projected at once (default: 256)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    add_device_arg(p)
 
 
 def run_backproject(a: argparse.Namespace) -> None:

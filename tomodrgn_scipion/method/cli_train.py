@@ -6,11 +6,17 @@ import datetime
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cliutil import add_data_args, load_particle_selection, resolve_device
+from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
 from .errors import InputError
+
+if TYPE_CHECKING:
+    from .models import TomoModel
+    from .particles import ParticleTiltData
+    from .training import TrainSettings
 
 log = logging.getLogger("tomodrgn_scipion")
 
@@ -40,7 +46,7 @@ def _add_training_args(p: argparse.ArgumentParser, epochs: int, batch: int) -> N
     g.add_argument("--checkpoint", type=int, default=1, help="write weights.E.pt every N epochs, 0 for only the last (default: 1)")
     g.add_argument("--load", metavar="PATH|latest", help="resume from a checkpoint, or from the latest one in OUTDIR")
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (the CPU always computes in float32)")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    add_device_arg(g)
     g.add_argument("--num-workers", type=int, default=0,
                    help="background threads preparing the next batches (useful with --lazy; default: 0)")
 
@@ -96,7 +102,7 @@ def add_train_nn(p: argparse.ArgumentParser) -> None:
     _add_decoder_args(p, "nn")
 
 
-def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None):
+def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tuple["TrainSettings", "ParticleTiltData", dict]:
     """Data and settings shared by ``train_vae`` and ``train_nn``."""
     from .dataset import TiltSeriesData
     from .particles import ParticleTiltData
@@ -183,10 +189,10 @@ def run_train_nn(a: argparse.Namespace) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-w", "--weights", type=Path, required=True, help="weights.pt (or weights.E.pt) of train_vae or train_nn")
     p.add_argument("-c", "--config", type=Path, required=True, help="config.json of the same run")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    add_device_arg(p)
 
 
-def _load_model(a: argparse.Namespace):
+def _load_model(a: argparse.Namespace) -> tuple["TomoModel", dict, dict]:
     from .training import check_same_architecture, load_checkpoint, model_from_checkpoint, read_config
     from .models import ModelConfig
 

@@ -47,6 +47,11 @@ def load_particle_selection(path: Path | None, first: int | None, n_particles: i
     return sel
 
 
+def add_device_arg(p: argparse._ActionsContainer) -> None:
+    """``--device`` (an argument parser or group)."""
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+
+
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; a CUDA device that is absent is an input error."""
     import torch

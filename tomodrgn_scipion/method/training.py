@@ -16,6 +16,7 @@ checkpoint of epoch E continues exactly as the uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -23,7 +24,6 @@ import math
 import os
 import re
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -125,10 +125,10 @@ class TrainSettings:
 
 
 # ------------------------------------------------------------------------------------ the model
-def amp_context(device: torch.device, enabled: bool):
+def amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """Autocast on CUDA (bfloat16 where supported, else float16); nothing on the CPU."""
     if not enabled or device.type != "cuda":
-        return nullcontext()
+        return contextlib.nullcontext()
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.autocast("cuda", dtype=dtype)
 
@@ -328,7 +328,8 @@ def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDat
         handler.close()
 
 
-def _train(model_cfg, settings, data, outdir, data_cfg, extra, load, device, vae) -> list[EpochStats]:
+def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path, data_cfg: dict,
+           extra: dict, load: str | None, device: torch.device, vae: bool) -> list[EpochStats]:
     torch.manual_seed(settings.seed)
     model = model_cfg.build().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
@@ -423,7 +424,8 @@ def _train(model_cfg, settings, data, outdir, data_cfg, extra, load, device, vae
     return history
 
 
-def _checkpoint(model: TomoModel, optim, scaler, epoch: int, data: ParticleTiltData, outdir: Path,
+def _checkpoint(model: TomoModel, optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, epoch: int,
+                data: ParticleTiltData, outdir: Path,
                 settings: TrainSettings, final: bool) -> None:
     state = {
         "epoch": epoch, "model": model.state_dict(), "optimizer": optim.state_dict(),
