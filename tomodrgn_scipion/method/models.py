@@ -64,18 +64,14 @@ class PositionalEncoding(nn.Module):
             "geom_lowf": (d2, 1.0), "geom_ft": (box * math.pi, 2 * math.pi),
             "geom_full": (box * math.pi, 1.0), "geom_nohighf": (d2, 2 * math.pi),
         }
-        if pe_type in geometric:
-            hi, lo = geometric[pe_type]
-            rates = hi * (lo / hi) ** steps
+        if pe_type in geometric or pe_type == "linear_lowf":
+            if pe_type in geometric:
+                hi, lo = geometric[pe_type]
+                rates = hi * (lo / hi) ** steps
+            else:
+                rates = torch.linspace(1.0, d2, pe_dim, dtype=torch.float64)
             # one rate per (axis, feature): a block-diagonal (3, 3 * pe_dim) projection
-            proj = torch.zeros(3, 3 * pe_dim, dtype=torch.float64)
-            for axis in range(3):
-                proj[axis, axis * pe_dim:(axis + 1) * pe_dim] = rates
-        elif pe_type == "linear_lowf":
-            rates = torch.linspace(1.0, d2, pe_dim, dtype=torch.float64)
-            proj = torch.zeros(3, 3 * pe_dim, dtype=torch.float64)
-            for axis in range(3):
-                proj[axis, axis * pe_dim:(axis + 1) * pe_dim] = rates
+            proj = torch.block_diag(rates[None], rates[None], rates[None])
         elif pe_type == "gaussian":
             g = torch.Generator().manual_seed(seed)
             proj = torch.randn(3, 3 * pe_dim, generator=g, dtype=torch.float64) * feat_sigma * d2
