@@ -39,14 +39,15 @@ test: venv
 
 # The main job on the built-in data set: simulate Warp-style tilt series of the two-state phantom,
 # back-project them (protein-light data: the default contrast inversion applies), train the VAE for a
-# few epochs and render the volume at the origin of the latent space.
+# few epochs, render the volume at the origin of the latent space and analyse the latent space.
 demo: venv
-	rm -rf demo/train_vae demo/volumes
+	rm -rf demo/train_vae demo/volumes demo/analyze
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data --seed 0
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion backproject demo/data/particles.star -o demo/backproject/map.mrc
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion train_vae demo/data/particles.star -o demo/train_vae --zdim 2 -n 2 --seed 0
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion eval_vol -w demo/train_vae/weights.pt -c demo/train_vae/config.json -z 0 0 -o demo/volumes
-	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject, model and z in $(CURDIR)/demo/train_vae, volume in $(CURDIR)/demo/volumes"
+	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion analyze demo/train_vae --ksample 4 -o demo/analyze
+	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject, model and z in $(CURDIR)/demo/train_vae, volume in $(CURDIR)/demo/volumes, analysis in $(CURDIR)/demo/analyze"
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

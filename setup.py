@@ -57,6 +57,8 @@ setup(
         "pandas",
         "matplotlib",
         "scikit-learn",
+        # optional at run time (analyze skips UMAP without it), installed by default
+        "umap-learn",
     ],
     entry_points={
         # pyworkflow uses the entry point *name* as the module to import.

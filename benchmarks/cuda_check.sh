@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# One short prepared check for a machine with an NVIDIA GPU (a few minutes): CUDA tests of the method,
-# then train_vae throughput on a simulated set on CUDA with and without mixed precision, and on the
-# CPU for comparison. Run from the repository root with the virtualenv built (make venv) and a CUDA
-# build of torch in it. Prints figures; exits non-zero if a step fails.
-set -euo pipefail
+# One short prepared check for a machine with an NVIDIA GPU (a few minutes): the method's tests with
+# CUDA present (device "auto" then means CUDA, and tests/method/test_cuda.py compares CUDA with the
+# CPU), train_vae throughput on a simulated set on CUDA with and without mixed precision and on the
+# CPU, and the acceptance run on the tomoDRGN sample on CUDA when SAMPLE points at it. Run from the
+# repository root with a CUDA build of torch in $PY. Prints figures; LOG (a folder) keeps the logs.
+set -uo pipefail
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-$(mktemp -d)}
-"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name(0))"
+LOG=${LOG:-$OUT}
+SAMPLE=${SAMPLE:-../shared/data/tomodrgn-sample-10076}
+"$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.__version__, torch.cuda.get_device_name(0))" || exit 1
+echo "== method tests with CUDA present"
+TOMODRGN_SAMPLE_DIR=$SAMPLE timeout 240 "$PY" -m pytest tomodrgn_scipion/tests/method -q -p no:cacheprovider \
+  -x --deselect tomodrgn_scipion/tests/method/test_training.py::test_vae_learns_the_two_states 2>&1 \
+  | tee "$LOG/pytest.log" | tail -25
 "$PY" -m tomodrgn_scipion.method.cli simulate -o "$OUT/sim" -n 400 --particles-per-tomogram 50 --seed 0 > /dev/null
 for dev in "cuda" "cuda --no-amp" "cpu"; do
-  echo "== train_vae on $dev"
+  echo "== train_vae throughput on $dev"
   # shellcheck disable=SC2086
   "$PY" benchmarks/train_throughput.py "$OUT/sim/particles.star" --epochs 3 --device $dev | grep -E "s/epoch|peak"
 done
-echo "== CUDA backproject and determinism of inference"
-"$PY" -m tomodrgn_scipion.method.cli backproject "$OUT/sim/particles.star" -o "$OUT/bp/map.mrc" --device cuda | grep FSC
-"$PY" -m tomodrgn_scipion.method.cli train_vae "$OUT/sim/particles.star" -o "$OUT/vae" --zdim 2 -n 1 --device cuda > /dev/null
-for i in 1 2; do
-  "$PY" -m tomodrgn_scipion.method.cli eval_images "$OUT/sim/particles.star" -w "$OUT/vae/weights.pt" \
-    -c "$OUT/vae/config.json" --out-z "$OUT/z$i.npy" --device cuda > /dev/null
-done
-"$PY" -c "import numpy as np, sys; a, b = (np.load(sys.argv[k]) for k in (1, 2)); print('eval_images twice on CUDA, max |dz| =', float(abs(a - b).max()))" "$OUT/z1.npy" "$OUT/z2.npy"
+if [ -d "$SAMPLE" ]; then
+  for amp in "" "--no-amp"; do
+    echo "== acceptance run on the sample, CUDA $amp"
+    # shellcheck disable=SC2086
+    "$PY" benchmarks/sample_training.py --sample "$SAMPLE" -n 40 -- --device cuda $amp 2>&1 | tee "$LOG/sample$amp.log" | tail -12
+  done
+fi

@@ -234,13 +234,13 @@ def _update_pose(df, r: int, matrix: np.ndarray, star: TiltSeriesStar, angle_tol
     cos_angle = (np.trace(old[:3, :3].T @ np.asarray(matrix)[:3, :3]) - 1.0) / 2.0
     if np.degrees(np.arccos(np.clip(cos_angle, -1.0, 1.0))) > angle_tol:
         for c, v in (("rlnAngleRot", rot), ("rlnAngleTilt", tilt), ("rlnAnglePsi", psi)):
-            df.loc[r, c] = repr(v)
+            df.loc[r, c] = repr(float(v))
     if np.hypot(sx - star.shifts_px[r, 0], sy - star.shifts_px[r, 1]) > shift_tol:
         if "rlnOriginX" in df and "rlnOriginY" in df:
-            df.loc[r, "rlnOriginX"], df.loc[r, "rlnOriginY"] = repr(sx), repr(sy)
+            df.loc[r, "rlnOriginX"], df.loc[r, "rlnOriginY"] = repr(float(sx)), repr(float(sy))
         elif "rlnOriginXAngst" in df and "rlnOriginYAngst" in df:
-            df.loc[r, "rlnOriginXAngst"] = repr(sx * star.pixel_size)
-            df.loc[r, "rlnOriginYAngst"] = repr(sy * star.pixel_size)
+            df.loc[r, "rlnOriginXAngst"] = repr(float(sx * star.pixel_size))
+            df.loc[r, "rlnOriginYAngst"] = repr(float(sy * star.pixel_size))
         else:
             raise InputError(f"{source}: row {r + 1} was shifted but the star has no _rlnOriginX/Y columns")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from . import cli_train
+from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
 from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
 from .errors import InputError, MethodError, TrainingError
 
@@ -161,6 +161,20 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "train_nn": (cli_train.add_train_nn, cli_train.run_train_nn, "homogeneous reconstruction with the decoder alone (reconstruct.mrc)"),
     "eval_vol": (cli_train.add_eval_vol, cli_train.run_eval_vol, "generate volumes from a trained model at latent points"),
     "eval_images": (cli_train.add_eval_images, cli_train.run_eval_images, "embed particles with a trained encoder (z per particle)"),
+    "analyze": (cli_analysis.add_analyze, cli_analysis.run_analyze,
+                "explore a trained latent space: PCA, UMAP, k-means, volumes, traversals, metadata controls"),
+    "pc_traversal": (cli_analysis.add_pc_traversal, cli_analysis.run_pc_traversal,
+                     "latent points along principal components (z files for eval_vol)"),
+    "graph_traversal": (cli_analysis.add_graph_traversal, cli_analysis.run_graph_traversal,
+                        "latent points along the shortest path between particles in a neighbour graph"),
+    "convergence_vae": (convergence.add_convergence_vae, convergence.run_convergence_vae,
+                        "judge whether train_vae has converged, from its checkpoints"),
+    "filter": (cli_analysis.add_filter, cli_analysis.run_filter,
+               "keep or drop whole particles of an image-series star file (by index or cluster label)"),
+    "mapback": (mapback.add_mapback, mapback.run_mapback,
+                "ChimeraX scripts placing particles, coloured by cluster, in their tomograms"),
+    "analyze_volumes": (volume_analysis.add_analyze_volumes, volume_analysis.run_analyze_volumes,
+                        "PCA and k-means over a set of generated volumes"),
 }
 
 

@@ -217,8 +217,11 @@ def add_eval_vol(p: argparse.ArgumentParser) -> None:
     p.add_argument("--invert", action="store_true", help="invert the contrast")
 
 
-def read_z(path: Path, zdim: int) -> np.ndarray:
-    """Latent points from ``.npy`` or text, shape (n, zdim)."""
+def read_z(path: Path, zdim: int | None = None) -> np.ndarray:
+    """Latent points from ``.npy`` or text, one per row, float32, shape (n, zdim).
+
+    With ``zdim`` None any width is accepted (a single column is one dimension).
+    """
     if not path.is_file():
         raise InputError(f"{path}: z file not found")
     try:
@@ -226,12 +229,13 @@ def read_z(path: Path, zdim: int) -> np.ndarray:
     except Exception as exc:
         raise InputError(f"{path}: cannot read latent points ({exc})") from None
     z = np.asarray(z, dtype=np.float32)
-    if z.ndim == 1 and zdim == 1:
+    if z.ndim == 1 and zdim in (1, None):
         z = z[:, None]
     elif z.ndim == 1:
         z = z[None, :]
-    if z.ndim != 2 or z.shape[1] != zdim:
-        raise InputError(f"{path}: expected rows of {zdim} values (zdim of the model), got shape {z.shape}")
+    if z.ndim != 2 or (zdim is not None and z.shape[1] != zdim):
+        raise InputError(f"{path}: expected rows of {zdim or 'one or more'} values"
+                         f"{' (zdim of the model)' if zdim else ''}, got shape {z.shape}")
     if not np.isfinite(z).all():
         raise InputError(f"{path}: row {int(np.flatnonzero(~np.isfinite(z).all(1))[0]) + 1}: not a finite number")
     return z
@@ -239,12 +243,7 @@ def read_z(path: Path, zdim: int) -> np.ndarray:
 
 def run_eval_vol(a: argparse.Namespace) -> None:
     """Run ``eval_vol``."""
-    import torch
-
-    from .fsc import lowpass
-    from .models import render_volume
-    from .progress import Progress
-    from .stacks import write_mrc
+    from .generate import VolumeOptions, write_volumes
 
     model, cfg, _ = _load_model(a)
     zdim, box = model.cfg.zdim, model.cfg.box
@@ -260,27 +259,10 @@ def run_eval_vol(a: argparse.Namespace) -> None:
         zs = [np.asarray(a.z, dtype=np.float32)]
     else:
         raise InputError(f"{a.weights}: a model with zdim {zdim} needs --zfile or -z")
-    out_box = a.downsample or box
-    if out_box % 2 or not 2 <= out_box <= box:
-        raise InputError(f"--downsample {out_box}: must be even and at most the training box {box}")
+    opts = VolumeOptions(downsample=a.downsample, lowpass=a.lowpass, flip=a.flip, invert=a.invert)
+    out_box = opts.out_box(box)
     pixel = float(cfg["data"]["pixel_size"]) * box / out_box
-    if a.lowpass is not None and a.lowpass <= 0:
-        raise InputError(f"--lowpass {a.lowpass}: must be a resolution in A > 0")
-    prog = Progress(len(zs), "generated", "volumes", log)
-    paths = []
-    for i, z in enumerate(zs):
-        vol = render_volume(model.decoder, None if z is None else torch.as_tensor(z), box, out_box)
-        if a.lowpass:
-            vol = lowpass(vol.to(torch.float64), 1.0 / a.lowpass, pixel).to(torch.float32)
-        vol = vol.cpu().numpy()
-        if a.flip:
-            vol = vol[::-1].copy()
-        if a.invert:
-            vol = -vol
-        path = a.outdir / f"{a.prefix}{i:03d}.mrc"
-        write_mrc(path, vol, pixel)
-        paths.append(path)
-        prog.update(1)
+    paths = write_volumes(model.decoder, zs, box, float(cfg["data"]["pixel_size"]), a.outdir, a.prefix, opts)
     print(f"wrote {len(paths)} volume(s) of {out_box}^3 at {pixel:g} A/px to {a.outdir}")
 
 

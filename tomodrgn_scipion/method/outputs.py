@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,13 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of a tomogram name: its base name without extension, other characters as ``_``."""
+    base = Path(name).name
+    stem = Path(base).stem if Path(base).suffix else base
+    return re.sub(r"[^A-Za-z0-9._-]", "_", stem).strip(".") or "tomogram"
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -257,7 +257,7 @@ def _read_history(path: Path, up_to: int) -> list[EpochStats]:
 
 def _write_history(path: Path, history: list[EpochStats]) -> None:
     names = list(asdict(history[0]))
-    lines = [",".join(names)] + [",".join(repr(v) if isinstance(v, float) else str(v) for v in asdict(h).values()) for h in history]
+    lines = [",".join(names)] + [",".join(repr(float(v)) if isinstance(v, float) else str(v) for v in asdict(h).values()) for h in history]
     write_text(path, "\n".join(lines) + "\n")
 
 

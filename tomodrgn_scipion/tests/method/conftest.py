@@ -53,3 +53,28 @@ def copy_tree(src: Path, dst: Path) -> Path:
 
     shutil.copytree(src, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def two_state(tmp_path_factory) -> Path:
+    """64 particles of the two-state phantom at box 16, 11 tilts each, SNR 1, protein-light."""
+    from tomodrgn_scipion.method.phantom import two_state_phantom
+    from tomodrgn_scipion.method.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("two_state")
+    simulate(list(two_state_phantom(16)), out, SimulationConfig(
+        n_particles=64, particles_per_tomogram=16, tilt_max=45.0, tilt_step=9.0, snr=1.0, seed=11))
+    return out
+
+
+@pytest.fixture(scope="session")
+def learnable(tmp_path_factory) -> Path:
+    """400 particles of the two-state phantom at box 16, 11 tilts each, SNR 3: enough particles in random
+    orientations for the encoder to learn the states in a dozen epochs."""
+    from tomodrgn_scipion.method.phantom import two_state_phantom
+    from tomodrgn_scipion.method.simulate import SimulationConfig, simulate
+
+    out = tmp_path_factory.mktemp("learnable")
+    simulate(list(two_state_phantom(16)), out, SimulationConfig(
+        n_particles=400, particles_per_tomogram=16, tilt_max=45.0, tilt_step=9.0, snr=3.0, seed=11))
+    return out
