@@ -68,8 +68,8 @@ class TrainingRun:
         epochs = sorted(int(m.group(1)) for p in outdir.glob("weights.*.pt") if (m := CHECKPOINT_RE.match(p.name)))
         loss = read_loss(outdir)
         final = int(loss["epoch"][-1]) if len(loss["epoch"]) else (epochs[-1] if epochs else 0)
-        if not epochs and not (outdir / "weights.pt").is_file():
-            raise InputError(f"{outdir}: no checkpoint (weights.pt or weights.E.pt); has training run?")
+        if not epochs:
+            raise InputError(f"{outdir}: no checkpoint weights.E.pt; has train_vae run here?")
         return cls(outdir, config, ids, epochs, final)
 
     @property
@@ -82,27 +82,33 @@ class TrainingRun:
         """The star file the run was trained on."""
         return Path(self.config["data"]["particles"])
 
+    @property
+    def latest_epoch(self) -> int:
+        """The last epoch with both ``weights.E.pt`` and ``z.E.npy`` (a run in progress or killed has
+        logged epochs beyond it; ``train_vae`` always checkpoints its final epoch)."""
+        have = [e for e in self.epochs if (self.outdir / f"z.{e}.npy").is_file()]
+        if not have:
+            raise InputError(f"{self.outdir}: no checkpoint with latent means (weights.E.pt with z.E.npy)")
+        return have[-1]
+
     def resolve_epoch(self, epoch: int | None) -> int:
-        """``None`` or -1 -> the final epoch; otherwise check that the checkpoint exists."""
+        """``None`` or -1 -> :attr:`latest_epoch`; otherwise check that the checkpoint exists."""
         if epoch is None or epoch == -1:
-            return self.final_epoch
-        if epoch not in self.epochs and not (epoch == self.final_epoch and (self.outdir / "weights.pt").is_file()):
+            return self.latest_epoch
+        if epoch not in self.epochs:
             have = ", ".join(str(e) for e in self.epochs) or "none"
             raise InputError(f"{self.outdir}: no checkpoint weights.{epoch}.pt (epochs with checkpoints: {have})")
         return epoch
 
     def weights_path(self, epoch: int) -> Path:
-        """``weights.E.pt``, or ``weights.pt`` for the final epoch when only that was kept."""
-        p = self.outdir / f"weights.{epoch}.pt"
-        return p if p.is_file() or epoch != self.final_epoch else self.outdir / "weights.pt"
+        """``weights.E.pt``."""
+        return self.outdir / f"weights.{epoch}.pt"
 
     def z(self, epoch: int) -> np.ndarray:
-        """Latent means at ``epoch``, float32, shape (N_trained, zdim)."""
+        """Latent means at ``epoch`` (``z.E.npy``), float32, shape (N_trained, zdim)."""
         if self.zdim == 0:
             raise InputError(f"{self.outdir}: a homogeneous (train_nn) run has no latent space")
         p = self.outdir / f"z.{epoch}.npy"
-        if not p.is_file() and epoch == self.final_epoch:
-            p = self.outdir / "z.npy"
         if not p.is_file():
             raise InputError(f"{p}: not found")
         z = np.load(p).astype(np.float32)

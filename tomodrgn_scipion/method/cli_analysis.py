@@ -11,17 +11,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
 
-from . import plots
-from .analysis import (PCAResult, TrainingRun, graph_path, kmeans, pc_traversal, pca, per_particle_table, read_loss,
-                       spearman, star_index, star_order, umap_embedding)
 from .cliutil import add_device_arg, resolve_device
 from .errors import InputError
 from .outputs import safe_name, write_text
+
+if TYPE_CHECKING:  # imported where used: every command's start-up would pay for pandas and matplotlib
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from .analysis import PCAResult, TrainingRun
 
 log = logging.getLogger("tomodrgn_scipion")
 
@@ -93,6 +95,10 @@ def controls_table(table: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> pd
     pandas.DataFrame
         Rows: columns of ``table``; columns: the axes, plus ``max |rho|``; sorted by it, largest first.
     """
+    import pandas as pd
+
+    from .analysis import spearman
+
     numeric = [c for c in table.columns if c != "tomogram"]
     rho = pd.DataFrame({ax: [spearman(table[c].to_numpy(), v) for c in numeric] for ax, v in embeddings.items()},
                        index=pd.Index(numeric, name="column"))
@@ -102,6 +108,8 @@ def controls_table(table: pd.DataFrame, embeddings: dict[str, np.ndarray]) -> pd
 
 def occupancy(labels: np.ndarray, tomograms: np.ndarray, k: int) -> pd.DataFrame:
     """Particles of each cluster in each tomogram: rows tomograms (sorted), columns clusters 0..k-1."""
+    import pandas as pd
+
     tomos = sorted(set(tomograms))
     counts = np.zeros((len(tomos), k), dtype=np.int64)
     pos = {t: i for i, t in enumerate(tomos)}
@@ -112,6 +120,8 @@ def occupancy(labels: np.ndarray, tomograms: np.ndarray, k: int) -> pd.DataFrame
 def figure_embedding(xy: np.ndarray, xlabel: str, ylabel: str, title: str, labels: np.ndarray | None = None,
                      centers: np.ndarray | None = None, density: bool = False) -> Figure:
     """Scatter (coloured by cluster when ``labels`` is given) or hexbin of a 2-D embedding."""
+    from . import plots
+
     fig, (ax,) = plots.new_figure(1, panel_size=(6.0, 5.0))
     if density:
         plots.hexbin(ax, xy, fig)
@@ -127,6 +137,8 @@ def figure_embedding(xy: np.ndarray, xlabel: str, ylabel: str, title: str, label
 
 def figure_explained(p: PCAResult) -> Figure:
     """Explained variance ratio per principal component, with the cumulative curve."""
+    from . import plots
+
     fig, (ax,) = plots.new_figure(1, panel_size=(5.0, 3.5))
     x = np.arange(1, len(p.explained) + 1)
     ax.bar(x, p.explained * 100, color=plots.OKABE_ITO[0], label="component")
@@ -142,6 +154,8 @@ def figure_explained(p: PCAResult) -> Figure:
 def figure_controls(xy: np.ndarray, xlabel: str, ylabel: str, table: pd.DataFrame, rho: pd.DataFrame,
                     max_panels: int = 24) -> Figure:
     """The embedding coloured by each per-particle column (most correlated first), one panel each."""
+    from . import plots
+
     cols = [c for c in rho.index if np.isfinite(rho.loc[c, "max |rho|"])][:max_panels] or list(rho.index[:1])
     fig, axes = plots.new_figure(max(1, len(cols)), ncols=4, panel_size=(4.2, 3.4))
     for ax, c in zip(axes, cols):
@@ -154,6 +168,8 @@ def figure_controls(xy: np.ndarray, xlabel: str, ylabel: str, table: pd.DataFram
 
 def figure_occupancy(occ: pd.DataFrame) -> Figure:
     """Particles per cluster in each tomogram, as stacked bars."""
+    from . import plots
+
     fig, (ax,) = plots.new_figure(1, panel_size=(max(5.0, 0.3 * len(occ) + 2), 4.0))
     plots.stacked_bars(ax, list(occ.index), occ.to_numpy(), list(occ.columns), "tomogram", "particles")
     ax.set_title("cluster occupancy per tomogram")
@@ -162,6 +178,8 @@ def figure_occupancy(occ: pd.DataFrame) -> Figure:
 
 def figure_loss(loss: dict[str, np.ndarray], epoch: int) -> Figure:
     """Reconstruction loss and KL divergence per epoch, the analysed epoch marked."""
+    from . import plots
+
     fig, axes = plots.new_figure(2, ncols=2, panel_size=(4.5, 3.5))
     plots.lines(axes[0], loss["epoch"], {"reconstruction": loss["recon"]}, "epoch", "reconstruction loss (MSE)")
     plots.lines(axes[1], loss["epoch"], {"KL divergence": loss["kl"]}, "epoch", "KL divergence (nats per particle)")
@@ -174,6 +192,8 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
                  n_per_pc: int = 10, skip_umap: bool = False, skip_vol: bool = False, star_path: Path | None = None,
                  seed: int = 0, device: str = "cpu", volume_options=None) -> Analysis:
     """Everything ``analyze`` does; see :func:`add_analyze` for the options and the module for indices."""
+    from . import plots
+    from .analysis import kmeans, pc_traversal, pca, per_particle_table, read_loss, star_index, star_order, umap_embedding
     from .generate import VolumeOptions, write_volumes
     from .star import TiltSeriesStar
 
@@ -307,6 +327,7 @@ def _summary(run: TrainingRun, r: Analysis, k: int, skip_umap: bool, seconds: fl
 
 def run_analyze(a: argparse.Namespace) -> None:
     """Run ``analyze``."""
+    from .analysis import TrainingRun
     from .generate import VolumeOptions
 
     run = TrainingRun.open(a.outdir)
@@ -344,6 +365,8 @@ def add_pc_traversal(p: argparse.ArgumentParser) -> None:
 
 def run_pc_traversal(a: argparse.Namespace) -> None:
     """Run ``pc_traversal``."""
+    from .analysis import pc_traversal, pca
+
     z = read_latent(a.zfile)
     p = pca(z)
     for d in a.dim or range(1, z.shape[1] + 1):
@@ -368,6 +391,8 @@ def add_graph_traversal(p: argparse.ArgumentParser) -> None:
 
 def run_graph_traversal(a: argparse.Namespace) -> None:
     """Run ``graph_traversal``."""
+    from .analysis import graph_path
+
     z = read_latent(a.zfile)
     rows, dist = graph_path(z, a.anchors, a.max_neighbors, a.avg_neighbors)
     write_text(a.outz, _rows(z[rows]))

@@ -62,14 +62,11 @@ def checkpoint_epochs(run: "TrainingRun", last: int) -> list[int]:
     -------
     list of int
     """
-    have = set(run.epochs)
-    if (run.outdir / "weights.pt").is_file() and (run.outdir / "z.npy").is_file():
-        have.add(run.final_epoch)
     out = []
-    for e in sorted(have):
+    for e in run.epochs:
         if e > last:
             continue
-        if not (run.outdir / f"z.{e}.npy").is_file() and not (e == run.final_epoch and (run.outdir / "z.npy").is_file()):
+        if not (run.outdir / f"z.{e}.npy").is_file():
             log.warning("%s: weights.%d.pt has no z.%d.npy beside it; epoch %d is left out", run.outdir, e, e, e)
             continue
         out.append(e)
@@ -586,8 +583,8 @@ def run_convergence_vae(a: argparse.Namespace) -> None:
         raise InputError(f"--epoch {a.epoch}: epochs count from 1 (-1 for the latest checkpoint)")
     if a.epoch == -1:
         # the latest checkpoint: a run still training (or killed) has logged epochs beyond it
-        checkpoints = checkpoint_epochs(run, max([run.final_epoch, *run.epochs]))
-        last = checkpoints[-1] if checkpoints else run.final_epoch
+        last = run.latest_epoch
+        checkpoints = checkpoint_epochs(run, last)
     else:
         last = run.resolve_epoch(a.epoch)
         checkpoints = checkpoint_epochs(run, last)

@@ -154,6 +154,21 @@ def test_analyze_errors(tmp_path, capsys, subset_run):
         assert len(err.splitlines()) == 1 and msg in err, err
 
 
+def test_analyze_defaults_to_the_latest_checkpoint_of_a_run_in_progress(tmp_path, subset_run, capsys):
+    import shutil
+
+    vae, _ = subset_run
+    live = tmp_path / "live"
+    shutil.copytree(vae, live)
+    # epoch 2 is logged in loss.csv but its checkpoint is not written yet; weights.pt/z.npy are from elsewhere
+    for f in ("weights.2.pt", "z.2.npy", "z_logvar.2.npy"):
+        (live / f).unlink()
+    np.save(live / "z.npy", np.zeros_like(np.load(live / "z.npy")))
+    assert main(["analyze", str(live), "--ksample", "2", "--skip-vol", "--skip-umap"]) == 0
+    assert "at epoch 1 (of 2)" in capsys.readouterr().out
+    np.testing.assert_allclose(np.load(live / "analyze.1" / "z_pca.npy"), pca(np.load(live / "z.1.npy")).coords, atol=1e-5)
+
+
 def test_pc_traversal(tmp_path, capsys):
     rng = np.random.default_rng(1)
     z = rng.normal(size=(500, 3)) * [5.0, 1.0, 0.2] @ np.linalg.qr(rng.normal(size=(3, 3)))[0]
