@@ -128,7 +128,7 @@ def figure_embedding(xy: np.ndarray, xlabel: str, ylabel: str, title: str, label
     elif labels is not None:
         plots.scatter_labels(ax, xy, labels, centers)
     else:
-        ax.scatter(xy[:, 0], xy[:, 1], s=plots._marker_size(len(xy)), color=plots.OKABE_ITO[0], linewidths=0)
+        ax.scatter(xy[:, 0], xy[:, 1], s=plots.marker_size(len(xy)), color=plots.OKABE_ITO[0], linewidths=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

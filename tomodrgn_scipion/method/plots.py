@@ -68,7 +68,7 @@ def scatter_labels(ax: Axes, xy: np.ndarray, labels: np.ndarray, centers: np.nda
         Cluster centres, drawn as numbered black-edged markers.
     """
     uniq = [int(u) for u in np.unique(labels) if u >= 0]
-    s = size or _marker_size(len(xy))
+    s = size or marker_size(len(xy))
     for lab in uniq:
         m = labels == lab
         color, marker, _ = category_style(lab)
@@ -95,7 +95,7 @@ def _legend(ax: Axes, n: int) -> None:
 
 def scatter_values(ax: Axes, xy: np.ndarray, values: np.ndarray, label: str, fig: Figure) -> None:
     """Points coloured by a continuous value, with a labelled colour bar."""
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=_marker_size(len(xy)), cmap=CONTINUOUS, linewidths=0)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=marker_size(len(xy)), cmap=CONTINUOUS, linewidths=0)
     fig.colorbar(sc, ax=ax, label=label)
 
 
@@ -131,5 +131,6 @@ def stacked_bars(ax: Axes, names: Sequence[str], counts: np.ndarray, series: Seq
     _legend(ax, len(series))
 
 
-def _marker_size(n: int) -> float:
+def marker_size(n: int) -> float:
+    """Scatter marker area (points^2) that keeps ``n`` points readable: smaller as they get denser."""
     return float(np.clip(4000.0 / max(n, 1), 1.0, 20.0))
