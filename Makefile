@@ -22,7 +22,7 @@ SCIPION_ENV := MPLBACKEND=Agg \
 	SCIPION_TESTS=$(SCIPION_DIR)/tests \
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 
-.PHONY: venv test demo clean distclean
+.PHONY: venv test demo gui clean distclean
 
 venv: $(STAMP)
 
@@ -37,17 +37,20 @@ test: venv
 	mkdir -p $(SCIPION_DIR)/data $(SCIPION_DIR)/tests
 	$(SCIPION_ENV) $(VPY) -m pytest -q tomodrgn_scipion/tests
 
-# The main job on the built-in data set: simulate Warp-style tilt series of the two-state phantom,
-# back-project them (protein-light data: the default contrast inversion applies), train the VAE for a
-# few epochs, render the volume at the origin of the latent space and analyse the latent space.
+# The main job on the built-in data set, as a Scipion workflow run without a screen: simulate Warp-style
+# particle tilt series of the two-state phantom, create the Scipion project $(DEMO_PROJECT) and run
+# import -> train VAE (a small network, a few epochs) -> analyze -> select/export in it. The last line
+# printed is the project's folder; `make gui` opens it in the Scipion GUI.
+DEMO_PROJECT ?= tomodrgn_demo
 demo: venv
-	rm -rf demo/train_vae demo/volumes demo/analyze
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data --seed 0
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion backproject demo/data/particles.star -o demo/backproject/map.mrc
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion train_vae demo/data/particles.star -o demo/train_vae --zdim 2 -n 2 --seed 0
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion eval_vol -w demo/train_vae/weights.pt -c demo/train_vae/config.json -z 0 0 -o demo/volumes
-	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion analyze demo/train_vae --ksample 4 -o demo/analyze
-	@echo "demo finished: data in $(CURDIR)/demo/data, maps in $(CURDIR)/demo/backproject, model and z in $(CURDIR)/demo/train_vae, volume in $(CURDIR)/demo/volumes, analysis in $(CURDIR)/demo/analyze"
+	rm -rf demo
+	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data -n 200 --tilt-step 6 --seed 0
+	mkdir -p $(SCIPION_DIR)/data
+	$(SCIPION_ENV) $(VPY) -m tomodrgn_scipion.workflow run --project $(DEMO_PROJECT) --star demo/data/particles.star \
+		--zdim 2 --epochs 8 --ksample 2 --clusters 0 --small
+
+gui: venv
+	$(SCIPION_ENV) $(VPY) -m pyworkflow.apps.pw_project $(DEMO_PROJECT)
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

@@ -27,6 +27,7 @@ class TomoDrgnParticle(SubTomogram):
     _tdNumTilts : number of tilt images.
     _tdRows : 0-based row numbers of its tilt images in the set's star file.
     _tdZ : its latent vector after training (empty before).
+    _tdCluster : its cluster after analysis (k-means label; None before).
     """
 
     def __init__(self, **kwargs):
@@ -36,6 +37,7 @@ class TomoDrgnParticle(SubTomogram):
         self._tdNumTilts = Integer()
         self._tdRows = CsvList(pType=int)
         self._tdZ = CsvList(pType=float)
+        self._tdCluster = Integer()
 
     def getParticleId(self) -> str:
         return self._tdParticleId.get()
@@ -69,6 +71,13 @@ class TomoDrgnParticle(SubTomogram):
 
     def setZ(self, z: Iterable[float]) -> None:
         self._tdZ.set([float(v) for v in z])
+
+    def getCluster(self) -> int | None:
+        """k-means cluster of the analysis that made this set (None before analysis)."""
+        return self._tdCluster.get()
+
+    def setCluster(self, label: int) -> None:
+        self._tdCluster.set(int(label))
 
 
 class TomoDrgnParticles(SetOfSubTomograms):

@@ -49,7 +49,7 @@ def load_particle_selection(path: Path | None, first: int | None, n_particles: i
 
 def add_device_arg(p: argparse._ActionsContainer) -> None:
     """``--device`` (an argument parser or group)."""
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), auto:N (GPU N when CUDA is present), cpu, cuda or cuda:N (default: auto)")
 
 
 def resolve_device(name: str) -> str:
@@ -58,6 +58,11 @@ def resolve_device(name: str) -> str:
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("auto:"):  # a chosen GPU when CUDA is there, else the CPU (Scipion's "use GPU" default)
+        gpu = name.split(":", 1)[1]
+        if not gpu.isdigit():
+            raise InputError(f"--device {name}: expected auto:N with N a GPU number")
+        return f"cuda:{gpu}" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA was requested but torch {torch.__version__} sees no CUDA device")
     try:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tomodrgn_scipion.method.cli import main
+from tomodrgn_scipion.method.errors import InputError
 from tomodrgn_scipion.method.simulate import SimulationConfig, simulate
 from tomodrgn_scipion.method.star import read_star, write_star
 
@@ -166,3 +167,14 @@ def test_cuda_requested_but_absent(work, tmp_path, capsys):
 def test_unknown_device(work, tmp_path, capsys):
     err = run_backproject(work / "particles.star", tmp_path, capsys, "--device", "gpu0")
     assert "--device gpu0" in err
+
+
+def test_device_auto_with_a_gpu_number():
+    """auto:N (what Scipion's "use GPU" gives): GPU N when torch sees CUDA, else the CPU; no error either way."""
+    import torch
+
+    from tomodrgn_scipion.method.cliutil import resolve_device
+
+    assert resolve_device("auto:1") == ("cuda:1" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(InputError, match="auto:x"):
+        resolve_device("auto:x")

@@ -1,0 +1,163 @@
+"""Analyse a trained latent space with ``tomodrgn-scipion analyze``: k-means classes as volumes, the
+particles with their cluster, PCA/UMAP and traversal files and plots for the viewers."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyworkflow.protocol.params as params
+from pwem.objects import SetOfVolumes, Volume
+from pyworkflow.object import CsvList, Integer, String
+
+from ..constants import CITE_TOMODRGN
+from ..objects import TomoDrgnParticles
+from .protocol_base import TomoDrgnProtBase
+
+
+def star_particle_ids(star: str) -> list[str]:
+    """``_rlnGroupName`` values of a star file in order of first appearance (the particle index order)."""
+    from ..method.star import read_star
+
+    return list(dict.fromkeys(read_star(star)["rlnGroupName"].astype(str)))
+
+
+def latest_epoch(train_dir: str) -> int:
+    """The last epoch with both ``weights.E.pt`` and ``z.E.npy`` in a train_vae folder (0 when none)."""
+    import re
+
+    found = [int(m.group(1)) for f in os.listdir(train_dir) if (m := re.match(r"weights\.(\d+)\.pt$", f))] \
+        if os.path.isdir(train_dir) else []
+    found = [e for e in found if os.path.isfile(os.path.join(train_dir, f"z.{e}.npy"))]
+    return max(found, default=0)
+
+
+class TomoDrgnProtAnalyze(TomoDrgnProtBase):
+    """Explore the latent space of a trained VAE: PCA (and UMAP when zdim > 2), k-means clusters with a
+    volume at each centre, volumes along the first principal components, cluster occupancy per tomogram,
+    star-file metadata against the embedding ("controls") and the loss curves."""
+
+    _label = "analyze"
+    _possibleOutputs = {"outputVolumes": SetOfVolumes, "outputParticles": TomoDrgnParticles}
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label="Input")
+        form.addParam("inputTraining", params.PointerParam, pointerClass="TomoDrgnProtTrainVAE", important=True,
+                      label="Trained VAE", help="A finished (or running: its latest checkpoint) train VAE run.")
+        form.addParam("epoch", params.IntParam, default=-1, label="Epoch",
+                      help="Checkpoint to analyse (1 = after the first epoch); -1: the latest.")
+        form.addParam("ksample", params.IntParam, default=20, validators=[params.Positive],
+                      label="k-means clusters", help="--ksample: a volume is generated at each cluster centre.")
+        form.addParam("numPcs", params.IntParam, default=2, label="Principal components to traverse",
+                      help="--pc: volumes along each at the 5th..95th percentiles.")
+        form.addParam("nPerPc", params.IntParam, default=10, label="Volumes per component", help="--n-per-pc")
+        form.addParam("skipUmap", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label="Skip UMAP?", help="UMAP runs when zdim > 2 (it takes most of the time).")
+        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label="Random seed",
+                      help="Of k-means and UMAP.")
+        form.addSection(label="Volumes")
+        form.addParam("downsample", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Downsample to box", help="0: the training box.")
+        form.addParam("lowpass", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Low-pass filter (A)", help="0: none.")
+        form.addParam("flip", params.BooleanParam, default=False, label="Flip handedness?")
+        form.addParam("invert", params.BooleanParam, default=False, label="Invert contrast?")
+        self._addGpuParams(form)
+
+    # ------------------------------------------------------------------------------------ paths
+    def anaDir(self, *parts: str) -> str:
+        """The ``analyze`` output folder of this run."""
+        return self._getExtraPath("analyze", *parts)
+
+    def kmeansDir(self, *parts: str) -> str:
+        return self.anaDir(f"kmeans{self.ksample.get()}", *parts)
+
+    def _train(self):
+        return self.inputTraining.get()
+
+    # ------------------------------------------------------------------------------------ steps
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.analyzeStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def analyzeStep(self) -> None:
+        args: list[object] = [self._train().trainDir(), "--epoch", self.epoch.get(), "--ksample", self.ksample.get(),
+                              "-o", self.anaDir(), "--pc", self.numPcs.get(), "--n-per-pc", self.nPerPc.get(),
+                              "--seed", self.seed.get(), *self._deviceArgs()]
+        if self.skipUmap:
+            args.append("--skip-umap")
+        if self.downsample.get():
+            args += ["--downsample", self.downsample.get()]
+        if self.lowpass.get():
+            args += ["--lowpass", self.lowpass.get()]
+        if self.flip:
+            args.append("--flip")
+        if self.invert:
+            args.append("--invert")
+        self._runCli("analyze", args)
+
+    def createOutputStep(self) -> None:
+        from ..method.stacks import read_volume
+
+        train = self._train()
+        labels = np.loadtxt(self.kmeansDir("labels.txt"), dtype=np.int64, ndmin=1)
+        centers = np.loadtxt(self.kmeansDir("centers.txt"), ndmin=2)
+        centers_ind = np.loadtxt(self.kmeansDir("centers_ind.txt"), dtype=np.int64, ndmin=1)
+        ids = star_particle_ids(train.inputStar())
+        label_of = dict(zip(ids, labels.tolist()))
+        sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
+
+        vols = self._createSetOfVolumes()
+        pixel = None
+        for i, z in enumerate(centers):
+            path = self.kmeansDir(f"vol_{i:03d}.mrc")
+            if pixel is None:
+                pixel = read_volume(path)[1]
+            v = Volume(location=path)
+            v.setSamplingRate(pixel)
+            v.setObjComment(f"cluster {i}: {int(sizes[i])} particles")
+            v._tdZ = CsvList(pType=float)
+            v._tdZ.set([float(x) for x in z])
+            v._tdCluster = Integer(i)
+            v._tdClusterSize = Integer(int(sizes[i]))
+            v._tdCenterParticle = String(ids[int(centers_ind[i])])
+            vols.append(v)
+        vols.setSamplingRate(pixel)
+
+        parts = train.outputParticles
+        out = self._createParticleSet()
+        out.copyInfo(parts)
+        for p in parts.iterItems(orderBy="id"):
+            q = p.clone()
+            q.setCluster(label_of.get(p.getParticleId(), -1))
+            out.append(q)
+        self._defineOutputs(outputVolumes=vols, outputParticles=out)
+        self._defineSourceRelation(parts, vols)
+        self._defineSourceRelation(parts, out)
+
+    # ------------------------------------------------------------------------------------ info
+    def _validate(self) -> list[str]:
+        train = self._train()
+        if train is None:
+            return ["Choose a train VAE run."]
+        errors = []
+        if latest_epoch(train.trainDir()) == 0:
+            errors.append("The training run has no checkpoint yet.")
+        elif self.epoch.get() != -1 and not os.path.isfile(train.trainDir(f"weights.{self.epoch.get()}.pt")):
+            errors.append(f"The training run has no checkpoint for epoch {self.epoch.get()}.")
+        if not train.hasAttribute("outputParticles"):
+            errors.append("The training run has no output particles yet: wait for it to finish.")
+        if self.numPcs.get() > train.zdim.get():
+            errors.append(f"Only {train.zdim.get()} principal components exist (zdim).")
+        return errors
+
+    def _summary(self) -> list[str]:
+        path = self.anaDir("summary.txt")
+        if not os.path.isfile(path):
+            return ["Not analysed yet."]
+        return [line for line in open(path).read().splitlines() if line.strip()]
+
+    def _methods(self) -> list[str]:
+        if not self.hasAttribute("outputVolumes"):
+            return []
+        return [f"The latent space was analysed with PCA, UMAP and k-means ({self.ksample.get()} clusters), and "
+                f"volumes were generated at the cluster centres and along the principal components [{CITE_TOMODRGN}]."]

@@ -1,0 +1,66 @@
+"""What every protocol of the plugin shares: running ``tomodrgn-scipion`` through ``runJob`` (so Scipion's
+GPU selection, queues and hosts.conf apply), GPU arguments, citations, and the sets it creates."""
+from __future__ import annotations
+
+import os
+import shlex
+from typing import Iterable
+
+import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
+from pwem.protocols import EMProtocol
+
+from .. import Plugin
+from ..constants import CITE_CRYODRGN, CITE_TOMODRGN
+from ..objects import TomoDrgnParticles
+
+
+def quote(args: Iterable[object]) -> str:
+    """Shell-quoted arguments of one command line."""
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+class TomoDrgnProtBase(EMProtocol):
+    """Base of the tomoDRGN protocols: not shown in the protocol tree."""
+
+    _label = None  # abstract: no entry in the GUI
+    _possibleOutputs = {}
+
+    # ------------------------------------------------------------------------------------ form helpers
+    @staticmethod
+    def _addGpuParams(form, default_gpu: bool = True) -> None:
+        """Scipion's GPU switch and GPU list (hidden, filled by the GUI's GPU field and by queues)."""
+        form.addHidden(params.USE_GPU, params.BooleanParam, default=default_gpu,
+                       label="Use GPU?", help="Run on a CUDA GPU when torch sees one; otherwise on the CPU.")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="GPU ID",
+                       help="The one GPU to use (tomodrgn-scipion trains on a single GPU).")
+
+    def _deviceArgs(self) -> list[str]:
+        """``--device auto:N`` (GPU N when the command's torch sees CUDA, else the CPU) or ``--device cpu``."""
+        if not self.usesGpu():
+            return ["--device", "cpu"]
+        gpus = self.getGpuList()
+        return ["--device", f"auto:{gpus[0]}" if gpus else "auto"]
+
+    # ------------------------------------------------------------------------------------ running
+    def _runCli(self, subcommand: str, args: Iterable[object]) -> None:
+        """Run one ``tomodrgn-scipion`` command; its output goes to the run's log."""
+        self.runJob(Plugin.getProgram(subcommand), quote(args), env=Plugin.getEnviron(), numberOfMpi=1,
+                    numberOfThreads=1)
+
+    def _createParticleSet(self, suffix: str = "") -> TomoDrgnParticles:
+        """A new, empty particle set in this run's folder."""
+        path = self._getPath(f"tomodrgn_particles{suffix}.sqlite")
+        pwutils.cleanPath(path)
+        return TomoDrgnParticles(filename=path)
+
+    # ------------------------------------------------------------------------------------ info
+    def _citations(self) -> list[str]:
+        return [CITE_TOMODRGN, CITE_CRYODRGN]
+
+    def _outputFolder(self, *parts: str) -> str:
+        return self._getExtraPath(*parts)
+
+    @staticmethod
+    def _exists(path: str) -> bool:
+        return bool(path) and os.path.exists(path)

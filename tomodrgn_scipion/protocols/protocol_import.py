@@ -1,0 +1,113 @@
+"""Import Warp/M (RELION 3.0) particle tilt series as a :class:`TomoDrgnParticles` set."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyworkflow.protocol.params as params
+from pwem.protocols import ProtImport
+
+from ..constants import CITE_CRYODRGN, CITE_TOMODRGN
+from ..method.errors import InputError
+from ..objects import TomoDrgnParticles
+
+
+class TomoDrgnProtImportParticles(ProtImport):
+    """Import particle tilt series exported by Warp/M or RELION 3.0: a star file with one row per tilt image
+    (``_rlnGroupName`` = particle, ``_rlnCtfBfactor`` = -4 x dose, ``_rlnCtfScalefactor`` = cos(tilt),
+    ``_rlnImageName`` = N@stack.mrcs, CTF and pose columns). Every column is kept with the set, so an
+    exported subset has all of them, unchanged."""
+
+    _label = "import particle tilt series"
+    _possibleOutputs = {"outputParticles": TomoDrgnParticles}
+
+    def _defineParams(self, form) -> None:
+        form.addSection(label="Input")
+        form.addParam("starFile", params.PathParam, label="Star file",
+                      help="RELION 3.0 image-series star file, one row per tilt image (Warp/M export).")
+        form.addParam("dataDir", params.PathParam, allowsNull=True, label="Image stacks folder (optional)",
+                      help="Where the .mrcs stacks are, if not where the star file's _rlnImageName paths say "
+                           "(relative to the star file's folder).")
+        form.addParam("proteinDark", params.BooleanParam, default=False, label="Images are protein-dark?",
+                      help="No (default): protein-light images, as Warp/M and RELION export them; the method "
+                           "inverts them. Yes: protein-dark, as recorded (tomoDRGN's --uninvert-data).")
+        form.addParam("copyStar", params.BooleanParam, default=True, expertLevel=params.LEVEL_ADVANCED,
+                      label="Copy the star file into the project?",
+                      help="Yes: the set keeps a copy (the original may then move or change). The stacks are "
+                           "never copied; relative image paths are resolved from the original folder.")
+
+    # ------------------------------------------------------------------------------------ steps
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.importStep)
+
+    def importStep(self) -> None:
+        from ..convert.particles import particles_from_star
+
+        src = os.path.abspath(self.starFile.get())
+        datadir = self.dataDir.get() or None
+        star_path = src
+        if self.copyStar:
+            star_path = self._getExtraPath(os.path.basename(src))
+            shutil.copyfile(src, star_path)
+            # image paths in the star are relative to the original folder: look there too
+            datadir = datadir or os.path.dirname(src)
+        path = self._getPath("tomodrgn_particles.sqlite")
+        out = TomoDrgnParticles(filename=path)
+        try:
+            star = particles_from_star(star_path, out, datadir=datadir, protein_dark=bool(self.proteinDark))
+        except InputError as exc:
+            raise InputError(str(exc).replace(star_path, src)) from None
+        counts = np.array([len(r) for r in star.rows_of_particle])
+        self.summaryVar.set(f"{star.n_particles} particles, {star.n_images} tilt images "
+                           f"({counts.min()}-{counts.max()} per particle), box {self._box(star, datadir)} px, "
+                           f"{star.pixel_size:g} A/px, dose {out.getAcquisition().getDosePerFrame():.3g} e/A^2 per tilt")
+        self._store(self.summaryVar)
+        self._defineOutputs(outputParticles=out)
+
+    @staticmethod
+    def _box(star, datadir: str | None) -> int:
+        from ..method.stacks import ImageSource
+
+        src = ImageSource(star.image_names[:1], star.path, datadir=datadir, lazy=True)
+        try:
+            return int(src.box)
+        finally:
+            src.close()
+
+    # ------------------------------------------------------------------------------------ info
+    def _validate(self) -> list[str]:
+        from ..method.star import TiltSeriesStar
+
+        path = self.starFile.get()
+        if not path:
+            return ["Give the star file."]
+        if not os.path.isfile(path):
+            return [f"{path}: star file not found"]
+        if self.dataDir.get() and not os.path.isdir(self.dataDir.get()):
+            return [f"{self.dataDir.get()}: image stacks folder not found"]
+        try:
+            TiltSeriesStar(path)
+        except InputError as exc:
+            return [str(exc)]
+        return []
+
+    def _summary(self) -> list[str]:
+        if not self.hasAttribute("outputParticles"):
+            return ["Not imported yet."]
+        return [f"Imported {self.summaryVar.get()}", f"from {self.starFile.get()}"]
+
+    def _methods(self) -> list[str]:
+        if not self.hasAttribute("outputParticles"):
+            return []
+        return [f"Particle tilt series ({self.summaryVar.get()}) were imported from a RELION 3.0 star file "
+                f"for tomoDRGN-style heterogeneity analysis [{CITE_TOMODRGN}]."]
+
+    def _citations(self) -> list[str]:
+        return [CITE_TOMODRGN, CITE_CRYODRGN]
+
+    def __init__(self, **kwargs):
+        from pyworkflow.object import String
+
+        super().__init__(**kwargs)
+        self.summaryVar = String()

@@ -1,0 +1,237 @@
+"""Train the VAE (heterogeneity) or the decoder alone (homogeneous) with ``tomodrgn-scipion``."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pyworkflow.protocol.params as params
+from pwem.objects import Volume
+
+from ..constants import CITE_TOMODRGN
+from ..objects import TomoDrgnParticles
+from .protocol_base import TomoDrgnProtBase
+
+PE_TYPES = ["geom_lowf", "geom_ft", "geom_full", "geom_nohighf", "linear_lowf", "gaussian", "none"]
+POOLING = ["concatenate", "max", "mean", "median", "set_attention"]
+
+
+class TomoDrgnProtTrainBase(TomoDrgnProtBase):
+    """Shared form, conversion and command of the two training protocols."""
+
+    _label = None
+    COMMAND = ""
+    TRAIN_DIR = "train"
+
+    # ------------------------------------------------------------------------------------ form
+    def _defineInputParams(self, form) -> None:
+        form.addSection(label="Input")
+        form.addParam("inputParticles", params.PointerParam, pointerClass="TomoDrgnParticles", important=True,
+                      label="Particle tilt series", help="From the import protocol, or a selection of them.")
+        form.addParam("continueRun", params.PointerParam, pointerClass=self.getClassName(), allowsNull=True,
+                      label="Continue from a previous run (optional)",
+                      help="Resume that run's training from its last checkpoint (same particles and network) "
+                           "up to the number of epochs given here.")
+
+    def _defineTrainingParams(self, form) -> None:
+        form.addSection(label="Training")
+        form.addParam("numEpochs", params.IntParam, default=20, validators=[params.Positive],
+                      label="Epochs", help="Passes through all particles (-n).")
+        form.addParam("batchSize", params.IntParam, default=1, validators=[params.Positive],
+                      label="Batch size (particles)", help="Particles per optimiser step (-b). Scale the learning "
+                                                            "rate with it.")
+        form.addParam("learningRate", params.FloatParam, default=2e-4, label="Learning rate", help="--lr (AdamW).")
+        form.addParam("weightDecay", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Weight decay", help="--wd")
+        form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label="Random seed",
+                      help="Same seed, data and device give the same result.")
+        form.addParam("checkpoint", params.IntParam, default=1, expertLevel=params.LEVEL_ADVANCED,
+                      label="Checkpoint every N epochs", help="weights.E.pt and z.E.npy (0: only the last).")
+        line = form.addLine("Loss weighting", expertLevel=params.LEVEL_ADVANCED,
+                            help="tomoDRGN's --recon-dose-weight, --recon-tilt-weight and --l-dose-mask.")
+        line.addParam("doseWeight", params.BooleanParam, default=False, label="dose")
+        line.addParam("tiltWeight", params.BooleanParam, default=False, label="tilt")
+        line.addParam("doseMask", params.BooleanParam, default=False, label="dose mask")
+        form.addParam("lazy", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label="Read images from disk as needed?", help="For data larger than memory (--lazy).")
+        form.addParam("numWorkers", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Loader threads", help="Background threads preparing batches (--num-workers).")
+        form.addParam("noAmp", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label="No mixed precision on GPU?", help="--no-amp")
+        form.addParam("extraParams", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
+                      label="Extra command-line options", help="Appended to the tomodrgn-scipion command.")
+
+    def _defineDecoderParams(self, form) -> None:
+        form.addSection(label="Decoder")
+        form.addParam("decLayers", params.IntParam, default=3, label="Hidden layers", help="--dec-layers")
+        form.addParam("decDim", params.IntParam, default=256, label="Nodes per layer", help="--dec-dim")
+        form.addParam("peType", params.EnumParam, choices=PE_TYPES, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Positional encoding", help="--pe-type")
+
+    # ------------------------------------------------------------------------------------ paths
+    def trainDir(self, *parts: str) -> str:
+        """The ``tomodrgn-scipion`` output folder of this run."""
+        return self._getExtraPath(self.TRAIN_DIR, *parts)
+
+    def inputStar(self) -> str:
+        return self._getExtraPath("particles.star")
+
+    # ------------------------------------------------------------------------------------ steps
+    def _insertAllSteps(self) -> None:
+        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.trainStep)
+        self._insertFunctionStep(self.createOutputStep)
+
+    def convertInputStep(self) -> None:
+        from ..convert.particles import star_from_particles
+
+        star_from_particles(self.inputParticles.get(), self.inputStar())
+        prev = self.continueRun.get()
+        if prev is not None and not os.path.isdir(self.trainDir()):
+            shutil.copytree(prev.trainDir(), self.trainDir())
+
+    def _commonArgs(self) -> list[object]:
+        parts = self.inputParticles.get()
+        args: list[object] = [self.inputStar(), "-o", self.trainDir(), "-n", self.numEpochs.get(),
+                              "-b", self.batchSize.get(), "--lr", self.learningRate.get(), "--wd", self.weightDecay.get(),
+                              "--seed", self.seed.get(), "--checkpoint", self.checkpoint.get(),
+                              "--num-workers", self.numWorkers.get(),
+                              "--dec-layers", self.decLayers.get(), "--dec-dim", self.decDim.get(),
+                              "--pe-type", PE_TYPES[self.peType.get()], *self._deviceArgs()]
+        datadir = parts.getDataDir() or os.path.dirname(os.path.abspath(parts.getStar()))
+        args += ["--datadir", datadir]
+        if parts.isProteinDark():
+            args.append("--uninvert-data")
+        for flag, on in (("--recon-dose-weight", self.doseWeight), ("--recon-tilt-weight", self.tiltWeight),
+                         ("--l-dose-mask", self.doseMask), ("--lazy", self.lazy), ("--no-amp", self.noAmp)):
+            if on.get():
+                args.append(flag)
+        if self.continueRun.get() is not None:
+            args += ["--load", "latest"]
+        return args
+
+    def trainStep(self) -> None:
+        import shlex
+
+        self._runCli(self.COMMAND, [*self._commonArgs(), *self._specificArgs(), *shlex.split(self.extraParams.get() or "")])
+
+    def _specificArgs(self) -> list[object]:
+        return []
+
+    # ------------------------------------------------------------------------------------ info
+    def _validate(self) -> list[str]:
+        errors = []
+        prev = self.continueRun.get()
+        if prev is not None:
+            if not os.path.isdir(prev.trainDir()):
+                errors.append(f"The run to continue has no training folder ({prev.trainDir()}).")
+            elif prev.numEpochs.get() >= self.numEpochs.get():
+                errors.append(f"The run to continue already trained {prev.numEpochs.get()} epochs: ask for more.")
+        if self.learningRate.get() is None or self.learningRate.get() <= 0:
+            errors.append("The learning rate must be > 0.")
+        return errors
+
+    def _trainingSummary(self) -> list[str]:
+        loss = self.trainDir("loss.csv")
+        if not os.path.isfile(loss):
+            return ["Training not started yet."]
+        rows = np.atleast_1d(np.genfromtxt(loss, delimiter=",", names=True))
+        if rows.size == 0:
+            return ["Training started, no epoch finished yet."]
+        last = rows[-1]
+        return [f"{int(last['epoch'])} of {self.numEpochs.get()} epochs: reconstruction loss {last['recon']:.5f}, "
+                f"{float(np.mean(rows['seconds'])):.1f} s per epoch"]
+
+
+class TomoDrgnProtTrainVAE(TomoDrgnProtTrainBase):
+    """Learn structural heterogeneity: a variational auto-encoder over each particle's tilt series gives it a
+    latent vector z; the decoder renders the structure at any z. Output: the particles with their z."""
+
+    _label = "train VAE"
+    _possibleOutputs = {"outputParticles": TomoDrgnParticles}
+    COMMAND = "train_vae"
+
+    def _defineParams(self, form) -> None:
+        self._defineInputParams(form)
+        form.addParam("zdim", params.IntParam, default=8, validators=[params.Positive], label="Latent dimension",
+                      help="Dimension of z (--zdim); tomoDRGN users typically start with 8.")
+        form.addParam("ntilts", params.IntParam, default=0, label="Tilts per particle for the encoder",
+                      help="--ntilts: the lowest-dose tilts encoded; particles with fewer are dropped. 0: the "
+                           "smallest number of tilts in the data.")
+        form.addParam("beta", params.StringParam, default="", expertLevel=params.LEVEL_ADVANCED,
+                      label="KL weight (beta)", help="A number, linear:START:END:EPOCHS or cyclic:MAX:PERIOD; "
+                                                      "empty: 1/zdim.")
+        self._defineTrainingParams(form)
+        form.addSection(label="Encoder")
+        form.addParam("encLayersA", params.IntParam, default=3, label="Per-tilt hidden layers", help="--enc-layers-A")
+        form.addParam("encDimA", params.IntParam, default=256, label="Per-tilt nodes per layer", help="--enc-dim-A")
+        form.addParam("outDimA", params.IntParam, default=128, label="Per-tilt output size", help="--out-dim-A")
+        form.addParam("encLayersB", params.IntParam, default=3, label="Pooled hidden layers", help="--enc-layers-B")
+        form.addParam("encDimB", params.IntParam, default=256, label="Pooled nodes per layer", help="--enc-dim-B")
+        form.addParam("pooling", params.EnumParam, choices=POOLING, default=0, label="Pooling of tilts",
+                      help="--pooling-function")
+        self._defineDecoderParams(form)
+        self._addGpuParams(form)
+
+    def _specificArgs(self) -> list[object]:
+        args: list[object] = ["--zdim", self.zdim.get(), "--enc-layers-A", self.encLayersA.get(),
+                              "--enc-dim-A", self.encDimA.get(), "--out-dim-A", self.outDimA.get(),
+                              "--enc-layers-B", self.encLayersB.get(), "--enc-dim-B", self.encDimB.get(),
+                              "--pooling-function", POOLING[self.pooling.get()]]
+        if self.ntilts.get():
+            args += ["--ntilts", self.ntilts.get()]
+        if self.beta.get():
+            args += ["--beta", self.beta.get()]
+        return args
+
+    def createOutputStep(self) -> None:
+        from ..convert.particles import particles_with_z
+
+        z = np.load(self.trainDir("z.npy"))
+        ids = open(self.trainDir("particle_ids.txt")).read().split()
+        out = self._createParticleSet()
+        missing = particles_with_z(self.inputParticles.get(), out, z, ids)
+        if missing:
+            self.info(f"{missing} particles have no z (fewer tilts than --ntilts) and are not in the output")
+        self._defineOutputs(outputParticles=out)
+        self._defineSourceRelation(self.inputParticles, out)
+
+    def _summary(self) -> list[str]:
+        lines = self._trainingSummary()
+        if self.hasAttribute("outputParticles"):
+            lines.append(f"{self.outputParticles.getSize()} particles with z (zdim {self.zdim.get()}).")
+        return lines
+
+    def _methods(self) -> list[str]:
+        return [f"Structural heterogeneity was learned with a tomoDRGN-style variational auto-encoder [{CITE_TOMODRGN}] "
+                f"(latent dimension {self.zdim.get()}, {self.numEpochs.get()} epochs, encoder {self.encLayersA.get()}x"
+                f"{self.encDimA.get()} per tilt and {self.encLayersB.get()}x{self.encDimB.get()} pooled, decoder "
+                f"{self.decLayers.get()}x{self.decDim.get()})."]
+
+
+class TomoDrgnProtTrainNN(TomoDrgnProtTrainBase):
+    """Homogeneous reconstruction with the decoder alone (no latent variable): one consensus volume."""
+
+    _label = "train homogeneous (NN)"
+    _possibleOutputs = {"outputVolume": Volume}
+    COMMAND = "train_nn"
+
+    def _defineParams(self, form) -> None:
+        self._defineInputParams(form)
+        self._defineTrainingParams(form)
+        self._defineDecoderParams(form)
+        self._addGpuParams(form)
+
+    def createOutputStep(self) -> None:
+        vol = Volume()
+        vol.setFileName(self.trainDir("reconstruct.mrc"))
+        vol.setSamplingRate(self.inputParticles.get().getSamplingRate())
+        self._defineOutputs(outputVolume=vol)
+        self._defineSourceRelation(self.inputParticles, vol)
+
+    def _summary(self) -> list[str]:
+        return self._trainingSummary()
+
+    def _methods(self) -> list[str]:
+        return [f"A homogeneous reconstruction was trained with the tomoDRGN decoder [{CITE_TOMODRGN}] "
+                f"({self.decLayers.get()}x{self.decDim.get()}, {self.numEpochs.get()} epochs)."]
