@@ -50,7 +50,7 @@ demo: venv
 		--zdim 2 --epochs 8 --ksample 2 --clusters 0 --small
 
 gui: venv
-	$(SCIPION_ENV) $(VPY) -m pyworkflow.apps.pw_project $(DEMO_PROJECT)
+	$(SCIPION_ENV) $(VPY) -O -m pyworkflow.apps.pw_project $(DEMO_PROJECT)
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

@@ -79,6 +79,7 @@ def template_json(project) -> str:
     ``~title|default|type|alias~`` placeholders."""
     s = WorkflowSettings(star="/path/to/particles.star")
     prots = build(project, s)
+    project.getRunsGraph(refresh=True)
     data = json.loads(project.getProtocolsJson(list(prots.values())))
     by_id = {str(p.getObjId()): key for key, p in prots.items()}
     defaults = {"starFile": s.star, "dataDir": "", "proteinDark": s.protein_dark, "zdim": s.zdim,

@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pyworkflow.protocol.params as params
@@ -57,21 +58,19 @@ def read_z_file(path: str, zdim: int) -> np.ndarray:
     ValueError
         One line saying why the file cannot be used.
     """
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: z file not found")
+    from ..method.cli_train import read_z
+    from ..method.errors import InputError
+
     if path.endswith(".npy"):
         try:
-            z = np.load(path)
-        except Exception as exc:
-            raise ValueError(f"{path}: cannot read ({exc})") from None
-        z = np.asarray(z, dtype=np.float64)
-        if z.ndim == 1:
-            z = z[None, :] if zdim > 1 else z[:, None]
-        if z.ndim != 2 or z.shape[1] != zdim or len(z) == 0:
-            raise ValueError(f"{path}: expected points x {zdim} values (zdim of the model), got shape {z.shape}")
-        if not np.isfinite(z).all():
-            raise ValueError(f"{path}: row {int(np.flatnonzero(~np.isfinite(z).all(1))[0]) + 1}: not a finite number")
-        return z
+            z = read_z(Path(path), zdim)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        if len(z) == 0:
+            raise ValueError(f"{path}: no latent point")
+        return z.astype(np.float64)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: z file not found")
     with open(path) as f:
         text = f.read()
     try:

@@ -85,6 +85,12 @@ def test_protocols_conf_is_valid_for_pyworkflow():
     sections = [item for item in tree if item.get("tag") == "section"]
     assert [s["text"] for s in sections] == ["tomoDRGN"]
     assert all(isinstance(s.get("children"), list) for s in sections)
+    # every protocol of the plugin is in the tree, and every tree entry is a protocol of the plugin
+    import tomodrgn_scipion.protocols as protocols
+
+    listed = [c["value"] for c in sections[0]["children"] if c.get("tag") == "protocol"]
+    offered = [n for n in protocols.__all__ if not getattr(protocols, n).isBase()]
+    assert sorted(listed) == sorted(offered) and all(n.startswith("TomoDrgnProt") for n in listed)
 
 
 # ---------------------------------------------------------------------------

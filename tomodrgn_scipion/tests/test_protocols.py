@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("tomo")
-from pyworkflow.tests import BaseTest, setupTestProject  # noqa: E402
 
 from tomodrgn_scipion.method.phantom import two_state_phantom  # noqa: E402
 from tomodrgn_scipion.method.simulate import SimulationConfig, simulate  # noqa: E402
 from tomodrgn_scipion.method.star import read_star  # noqa: E402
+from tomodrgn_scipion.tests.project_test import ProjectTest  # noqa: E402
 from tomodrgn_scipion.protocols import (TomoDrgnProtAnalyze, TomoDrgnProtImportParticles,  # noqa: E402
                                         TomoDrgnProtSelect, TomoDrgnProtTrainVAE)
 
@@ -27,11 +27,10 @@ def agreement(labels: np.ndarray, truth: np.ndarray) -> float:
     return float(max((labels == truth).mean(), (labels != truth).mean()))
 
 
-class TestChainSimulated(BaseTest):
+class TestChainSimulated(ProjectTest):
     @classmethod
     def setUpClass(cls):
-        cls.cwd = os.getcwd()
-        setupTestProject(cls)
+        super().setUpClass()
         cls.tmp = Path(tempfile.mkdtemp(prefix="tomodrgn_chain_"))
         simulate(list(two_state_phantom(16)), cls.tmp, SimulationConfig(
             n_particles=120, particles_per_tomogram=30, tilt_max=45.0, tilt_step=9.0, snr=3.0, seed=3))
@@ -40,10 +39,6 @@ class TestChainSimulated(BaseTest):
         from tomodrgn_scipion.method.star import write_star
 
         write_star(df, cls.tmp / "particles.star")
-
-    @classmethod
-    def tearDownClass(cls):
-        os.chdir(cls.cwd)  # setupTestProject moved into the project folder
 
     def _import(self, star: Path, **kw) -> TomoDrgnProtImportParticles:
         prot = self.newProtocol(TomoDrgnProtImportParticles, starFile=str(star), **kw)
@@ -107,6 +102,49 @@ class TestChainSimulated(BaseTest):
         star_from_particles(sel.outputParticles, self.tmp / "again.star")
         self.assertTrue(read_star(self.tmp / "again.star").equals(expected))
 
+    def test_continue_training(self):
+        imp = self._import(self.tmp / "particles.star")
+        first = self.newProtocol(TomoDrgnProtTrainVAE, zdim=2, numEpochs=1, **SMALL)
+        first.inputParticles.set(imp)
+        first.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(first)
+        more = self.newProtocol(TomoDrgnProtTrainVAE, zdim=2, numEpochs=2, **SMALL)
+        more.inputParticles.set(imp)
+        more.inputParticles.setExtended("outputParticles")
+        more.continueRun.set(first)
+        self.launchProtocol(more)
+        loss = np.genfromtxt(more.trainDir("loss.csv"), delimiter=",", names=True)
+        self.assertEqual(list(loss["epoch"]), [1, 2])  # epoch 1 from the first run, epoch 2 trained here
+        first_loss = np.genfromtxt(first.trainDir("loss.csv"), delimiter=",", names=True)
+        self.assertEqual(float(np.atleast_1d(first_loss["total"])[0]), float(loss["total"][0]))
+        self.assertIn("resuming from", open(more.getStdoutLog()).read() if hasattr(more, "getStdoutLog")
+                      else open(more._getLogsPath("run.stdout")).read())
+        self.assertEqual(more.outputParticles.getSize(), 120)
+        self.assertIn("2 of 2 epochs", more.summary()[0])
+        # asking a continuation for no more epochs is refused before it runs
+        again = self.newProtocol(TomoDrgnProtTrainVAE, zdim=2, numEpochs=2, **SMALL)
+        again.inputParticles.set(imp)
+        again.inputParticles.setExtended("outputParticles")
+        again.continueRun.set(more)
+        self.assertTrue(any("already trained 2 epochs" in e for e in again.validate()))
+
+    def test_train_homogeneous(self):
+        from tomodrgn_scipion.method.stacks import read_volume
+        from tomodrgn_scipion.protocols import TomoDrgnProtTrainNN
+
+        imp = self._import(self.tmp / "particles.star")
+        nn = self.newProtocol(TomoDrgnProtTrainNN, numEpochs=1, decLayers=2, decDim=32, batchSize=8,
+                              learningRate=1e-3, useGpu=False)
+        nn.inputParticles.set(imp)
+        nn.inputParticles.setExtended("outputParticles")
+        self.launchProtocol(nn)
+        vol = nn.outputVolume
+        data, pixel = read_volume(vol.getFileName())
+        self.assertEqual(data.shape, (16, 16, 16))
+        self.assertAlmostEqual(vol.getSamplingRate(), 6.0)
+        self.assertAlmostEqual(pixel, 6.0)
+        self.assertIn("1 of 1 epochs", nn.summary()[0])
+
     def test_import_errors_are_one_line(self):
         df = read_star(self.tmp / "particles.star")
         bad = self.tmp / "bad_tilt.star"
@@ -135,17 +173,8 @@ class TestChainSimulated(BaseTest):
 
 
 @pytest.mark.skipif(not (SAMPLE / "10076_both_32_sim.star").is_file(), reason="shared sample not found")
-class TestChainSample(BaseTest):
+class TestChainSample(ProjectTest):
     """The shared sample: 144 particles, 1,296 tilt images; clusters match particle_labels.txt."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.cwd = os.getcwd()
-        setupTestProject(cls)
-
-    @classmethod
-    def tearDownClass(cls):
-        os.chdir(cls.cwd)
 
     def test_sample_chain(self):
         imp = self.newProtocol(TomoDrgnProtImportParticles, starFile=str(SAMPLE / "10076_both_32_sim.star"),

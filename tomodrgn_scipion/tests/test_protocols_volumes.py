@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from pyworkflow.tests import BaseTest, setupTestProject
 
 from tomodrgn_scipion.method.phantom import two_state_phantom
 from tomodrgn_scipion.method.simulate import SimulationConfig, simulate
@@ -14,18 +13,18 @@ from tomodrgn_scipion.protocols.protocol_backproject import TomoDrgnProtBackproj
 from tomodrgn_scipion.protocols.protocol_generate import TomoDrgnProtGenerateVolumes
 from tomodrgn_scipion.protocols.protocol_import import TomoDrgnProtImportParticles
 from tomodrgn_scipion.protocols.protocol_train import TomoDrgnProtTrainVAE
+from tomodrgn_scipion.tests.project_test import ProjectTest
 
 PIXEL = 6.0
 POINTS = [[0.0, 0.0], [0.5, -1.25], [-2.0, 1.0 / 3.0]]
 
 
-class TestTomoDrgnVolumes(BaseTest):
+class TestTomoDrgnVolumes(ProjectTest):
     """Import simulated tilt series once, then back-project them and train a tiny VAE to render from."""
 
     @classmethod
     def setUpClass(cls):
-        cls._cwd = os.getcwd()  # setupTestProject changes into the project folder
-        setupTestProject(cls)
+        super().setUpClass()
         info = simulate(list(two_state_phantom(16)), os.path.abspath(cls.proj.getPath("simulated")),
                         SimulationConfig(n_particles=40, particles_per_tomogram=10, tilt_max=30, tilt_step=10,
                                          pixel_size=PIXEL, seed=3))
@@ -37,10 +36,6 @@ class TestTomoDrgnVolumes(BaseTest):
             decDim=32, zdim=2, numEpochs=2, batchSize=8, learningRate=1e-3, useGpu=False)
         cls.protTrain.inputParticles.set(cls.particles)
         cls.launchProtocol(cls.protTrain)
-
-    @classmethod
-    def tearDownClass(cls):
-        os.chdir(cls._cwd)
 
     def _generate(self, **kwargs) -> TomoDrgnProtGenerateVolumes:
         prot = self.newProtocol(TomoDrgnProtGenerateVolumes, useGpu=False, **kwargs)

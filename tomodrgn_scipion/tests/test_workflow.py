@@ -1,0 +1,56 @@
+"""The workflow template: it is what the code generates, pyworkflow's template reader fills it, and the
+filled workflow loads into a project as the chained import -> train VAE -> analyze -> select."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tomo")
+from pyworkflow.template import LocalTemplate  # noqa: E402
+
+from .project_test import ProjectTest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "templates" / "tomodrgn_heterogeneity.json.template"
+
+
+class TestWorkflowTemplate(ProjectTest):
+    def test_template_is_up_to_date(self):
+        from tomodrgn_scipion.workflow import main
+
+        out = Path(self.proj.path) / "regenerated.json.template"
+        self.assertEqual(main(["template", str(out)]), 0)
+        self.assertEqual(out.read_text(), TEMPLATE.read_text(),
+                         "templates/ is stale: python -m tomodrgn_scipion.workflow template templates/tomodrgn_heterogeneity.json.template")
+
+    def test_filled_template_loads_as_the_chain(self):
+        t = LocalTemplate("tomodrgn", str(TEMPLATE))
+        t.replaceEnvVariables()  # as scipion3 template does: environment variables, then the fields
+        t.parseContent()
+        aliases = {p.getAlias() for p in t.getParams().values()}
+        self.assertEqual(aliases, {"star", "datadir", "dark", "zdim", "epochs", "ksample", "clusters"})
+        star = Path(self.proj.path) / "particles.star"  # the template checks that paths exist
+        star.write_text("")
+        for alias, value in (("star", str(star)), ("zdim", "4"), ("epochs", "30"), ("ksample", "5"),
+                             ("clusters", "1 3"), ("dark", "true")):
+            self.assertEqual(t.setParamValue(alias, value), 1)
+        path = t.createTemplateFile()
+        data = json.loads(Path(path).read_text())
+        self.assertEqual([d["object.className"] for d in data], ["TomoDrgnProtImportParticles", "TomoDrgnProtTrainVAE",
+                                                                 "TomoDrgnProtAnalyze", "TomoDrgnProtSelect"])
+        prots = self.proj.loadProtocols(path)
+        os.unlink(path)
+        loaded = {p.getClassName(): p for p in prots.values()}
+        imp, train = loaded["TomoDrgnProtImportParticles"], loaded["TomoDrgnProtTrainVAE"]
+        ana, sel = loaded["TomoDrgnProtAnalyze"], loaded["TomoDrgnProtSelect"]
+        self.assertEqual(imp.starFile.get(), str(star))
+        self.assertTrue(imp.proteinDark.get())
+        self.assertEqual((train.zdim.get(), train.numEpochs.get()), (4, 30))
+        self.assertEqual(ana.ksample.get(), 5)
+        self.assertEqual(sel.clusters.get(), "1 3")
+        self.assertIs(type(train.inputParticles.getObjValue()), type(imp))
+        self.assertEqual(train.inputParticles.getObjValue().getObjId(), imp.getObjId())
+        self.assertEqual(train.inputParticles.getExtended(), "outputParticles")
+        self.assertEqual(ana.inputTraining.getObjValue().getObjId(), train.getObjId())
+        self.assertEqual(sel.inputParticles.getObjValue().getObjId(), ana.getObjId())
