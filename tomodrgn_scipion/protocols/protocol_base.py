@@ -58,9 +58,6 @@ class TomoDrgnProtBase(EMProtocol):
     def _citations(self) -> list[str]:
         return [CITE_TOMODRGN, CITE_CRYODRGN]
 
-    def _outputFolder(self, *parts: str) -> str:
-        return self._getExtraPath(*parts)
-
     @staticmethod
     def _exists(path: str) -> bool:
         return bool(path) and os.path.exists(path)
