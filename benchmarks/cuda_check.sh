@@ -26,4 +26,6 @@ if [ -d "$SAMPLE" ]; then
     # shellcheck disable=SC2086
     "$PY" benchmarks/sample_training.py --sample "$SAMPLE" -n 40 -- --device cuda $amp 2>&1 | tee "$LOG/sample$amp.log" | tail -12
   done
+  echo "== analyze on CUDA (volumes rendered on the GPU), scored against the sample's ground truth"
+  "$PY" benchmarks/sample_analysis.py --sample "$SAMPLE" --outdir "$OUT/sample_vae" -n 40 -- --device cuda 2>&1 | tail -4
 fi
