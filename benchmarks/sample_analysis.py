@@ -26,20 +26,15 @@ from tomodrgn_scipion.method.fsc import masked_correlation
 from tomodrgn_scipion.method.stacks import read_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sample_training import ARCH, REPO  # noqa: E402
+from sample_training import ARCH, sample_args, sample_star  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sample", type=Path, default=REPO.parent / "shared" / "data" / "tomodrgn-sample-10076")
-    p.add_argument("-n", "--num-epochs", type=int, default=40)
+    sample_args(p)
     p.add_argument("--zdim", type=int, default=2)
-    p.add_argument("--outdir", type=Path)
-    p.add_argument("extra", nargs="*", help="more train_vae flags (after --)")
     a = p.parse_args()
-    star = a.sample / "10076_both_32_sim.star"
-    if not star.is_file():
-        sys.exit(f"{star}: sample not found")
+    star = sample_star(a.sample)
     truth = [read_volume(a.sample / f"10076_class{c}_32.mrc")[0] for c in "DE"]
     labels_true = np.loadtxt(a.sample / "particle_labels.txt").astype(int)
     with tempfile.TemporaryDirectory() as tmp:

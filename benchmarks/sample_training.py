@@ -35,16 +35,27 @@ def agreement(z: np.ndarray, labels: np.ndarray) -> float:
     return float(max((k == labels).mean(), (k != labels).mean()))
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sample_args(p: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that train on the shared sample."""
     p.add_argument("--sample", type=Path, default=REPO.parent / "shared" / "data" / "tomodrgn-sample-10076")
     p.add_argument("-n", "--num-epochs", type=int, default=40)
     p.add_argument("--outdir", type=Path)
     p.add_argument("extra", nargs="*", help="more train_vae flags (after --)")
-    a = p.parse_args()
-    star = a.sample / "10076_both_32_sim.star"
+
+
+def sample_star(sample: Path) -> Path:
+    """The sample's star file; exits with a message when it is not there."""
+    star = sample / "10076_both_32_sim.star"
     if not star.is_file():
         sys.exit(f"{star}: sample not found")
+    return star
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sample_args(p)
+    a = p.parse_args()
+    star = sample_star(a.sample)
     labels = np.loadtxt(a.sample / "particle_labels.txt")
     truth = [read_volume(a.sample / f"10076_class{c}_32.mrc")[0] for c in "DE"]
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,13 +54,7 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
                       label="Skip UMAP?", help="UMAP runs when zdim > 2 (it takes most of the time).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label="Random seed",
                       help="Of k-means and UMAP.")
-        form.addSection(label="Volumes")
-        form.addParam("downsample", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Downsample to box", help="0: the training box.")
-        form.addParam("lowpass", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Low-pass filter (A)", help="0: none.")
-        form.addParam("flip", params.BooleanParam, default=False, label="Flip handedness?")
-        form.addParam("invert", params.BooleanParam, default=False, label="Invert contrast?")
+        self._addVolumeParams(form)
         self._addGpuParams(form)
 
     # ------------------------------------------------------------------------------------ paths
@@ -85,15 +79,7 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
                               "--seed", self.seed.get(), *self._deviceArgs()]
         if self.skipUmap:
             args.append("--skip-umap")
-        if self.downsample.get():
-            args += ["--downsample", self.downsample.get()]
-        if self.lowpass.get():
-            args += ["--lowpass", self.lowpass.get()]
-        if self.flip:
-            args.append("--flip")
-        if self.invert:
-            args.append("--invert")
-        self._runCli("analyze", args)
+        self._runCli("analyze", [*args, *self._volumeArgs()])
 
     def createOutputStep(self) -> None:
         from ..method.stacks import read_volume

@@ -35,6 +35,33 @@ class TomoDrgnProtBase(EMProtocol):
         form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="GPU ID",
                        help="The one GPU to use (tomodrgn-scipion trains on a single GPU).")
 
+    @staticmethod
+    def _addVolumeParams(form) -> None:
+        """How generated volumes are rendered (eval_vol's options), in a section of their own."""
+        form.addSection(label="Volumes")
+        form.addParam("downsample", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Box size (px)", help="Render at this even box, at most the training box (the "
+                                                   "pixel size grows accordingly); 0: the training box.")
+        form.addParam("lowpass", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
+                      label="Low-pass filter (A)", help="Resolution of a low-pass filter; 0: none.")
+        form.addParam("flip", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label="Flip handedness?", help="Mirror along z.")
+        form.addParam("invert", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                      label="Invert contrast?")
+
+    def _volumeArgs(self) -> list[object]:
+        """Command-line options of the parameters of :meth:`_addVolumeParams`."""
+        args: list[object] = []
+        if self.downsample.get():
+            args += ["--downsample", self.downsample.get()]
+        if self.lowpass.get():
+            args += ["--lowpass", self.lowpass.get()]
+        if self.flip.get():
+            args.append("--flip")
+        if self.invert.get():
+            args.append("--invert")
+        return args
+
     def _deviceArgs(self) -> list[str]:
         """``--device auto:N`` (GPU N when the command's torch sees CUDA, else the CPU) or ``--device cpu``."""
         if not self.usesGpu():

@@ -108,16 +108,7 @@ class TomoDrgnProtGenerateVolumes(TomoDrgnProtBase):
         form.addParam("zFile", params.PathParam, default="", condition=f"zSource == {SOURCE_FILE}",
                       label="z file", help="Text (one point per line) or .npy (points x zdim), e.g. the "
                                            "z_values.txt of a latent-space traversal.")
-        form.addSection(label="Rendering")
-        form.addParam("downsample", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Box size (px)", help="Render at this even box, at most the training box (the "
-                                                   "pixel size grows accordingly); 0: the training box.")
-        form.addParam("lowpass", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
-                      label="Low-pass filter (A)", help="Resolution of a low-pass filter; 0: none.")
-        form.addParam("flip", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
-                      label="Flip handedness?", help="Mirror along z.")
-        form.addParam("invert", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
-                      label="Invert contrast?")
+        self._addVolumeParams(form)
         self._addGpuParams(form)
 
     # ------------------------------------------------------------------------------------ training run
@@ -170,15 +161,7 @@ class TomoDrgnProtGenerateVolumes(TomoDrgnProtBase):
     def generateStep(self) -> None:
         run = self._trainRun()
         args: list[object] = ["-w", self.weightsPath(), "-c", run.trainDir("config.json"), "--zfile", self.zPath(),
-                              "-o", self.volumesDir(), *self._deviceArgs()]
-        if self.downsample.get():
-            args += ["--downsample", self.downsample.get()]
-        if self.lowpass.get():
-            args += ["--lowpass", self.lowpass.get()]
-        if self.flip.get():
-            args.append("--flip")
-        if self.invert.get():
-            args.append("--invert")
+                              "-o", self.volumesDir(), *self._deviceArgs(), *self._volumeArgs()]
         self._runCli("eval_vol", args)
 
     def outputPixelSize(self) -> float:
