@@ -22,7 +22,7 @@ SCIPION_ENV := MPLBACKEND=Agg \
 	SCIPION_TESTS=$(SCIPION_DIR)/tests \
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH
 
-.PHONY: venv test demo gui clean distclean
+.PHONY: venv sysdeps test demo gui screenshots clean distclean
 
 venv: $(STAMP)
 
@@ -33,13 +33,23 @@ $(STAMP): setup.py
 	$(VPY) -m pip install -q -e . pytest
 	touch $(STAMP)
 
-test: venv
+# Xvfb, the virtual screen of the viewer tests (Debian's package), installed when missing if this is root;
+# without it those tests are skipped.
+sysdeps:
+	@command -v Xvfb >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing xvfb (virtual screen of the viewer tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb >/dev/null; \
+	  else echo "Xvfb is not installed (apt-get install xvfb): the viewer tests will be skipped" >&2; fi; }
+
+test: venv sysdeps
 	mkdir -p $(SCIPION_DIR)/data $(SCIPION_DIR)/tests
 	$(SCIPION_ENV) $(VPY) -m pytest -q tomodrgn_scipion/tests
 
 # The main job on the built-in data set, as a Scipion workflow run without a screen: simulate Warp-style
 # particle tilt series of the two-state phantom, create the Scipion project $(DEMO_PROJECT) and run
-# import -> train VAE (a small network, a few epochs) -> analyze -> select/export in it. The last line
+# import -> train VAE (a small network, a few epochs) -> analyze (with the clusters mapped back into the
+# tomograms: ChimeraX scripts, from the simulator's volume-series star) -> select/export in it. The last line
 # printed is the project's folder; `make gui` opens it in the Scipion GUI.
 DEMO_PROJECT ?= tomodrgn_demo
 demo: venv
@@ -47,10 +57,16 @@ demo: venv
 	MPLBACKEND=Agg $(VENV)/bin/tomodrgn-scipion simulate -o demo/data -n 200 --tilt-step 6 --seed 0
 	mkdir -p $(SCIPION_DIR)/data
 	$(SCIPION_ENV) $(VPY) -m tomodrgn_scipion.workflow run --project $(DEMO_PROJECT) --star demo/data/particles.star \
-		--zdim 2 --epochs 8 --ksample 2 --clusters 0 --small
+		--volume-star demo/data/particles_volumes.star --zdim 2 --epochs 8 --ksample 2 --clusters 0 --small
 
 gui: venv
 	$(SCIPION_ENV) $(VPY) -O -m pyworkflow.apps.pw_project $(DEMO_PROJECT)
+
+# Screenshots of every viewer from the demo project (run `make demo` first), on a virtual screen, into
+# docs/viewers/; needs Xvfb and ImageMagick's `import`.
+screenshots: venv sysdeps
+	@command -v import >/dev/null || { echo "ImageMagick's import is missing: apt-get install imagemagick" >&2; exit 1; }
+	$(SCIPION_ENV) $(VPY) docs/screenshots.py --project $(DEMO_PROJECT)
 
 clean:
 	rm -rf .scipion demo build dist .pytest_cache *.egg-info

@@ -25,6 +25,7 @@ TEMPLATE_FIELDS = [
     ("train", "zdim", "Latent dimension", 3, "zdim"),
     ("train", "numEpochs", "Training epochs", 3, "epochs"),
     ("analyze", "ksample", "k-means clusters", 3, "ksample"),
+    ("analyze", "volumeStar", "Volume-series star for map-back (empty: none)", 2, "volumestar"),
     ("select", "clusters", "Clusters to keep", 0, "clusters"),
 ]
 
@@ -39,6 +40,7 @@ class WorkflowSettings:
     zdim: int = 8
     epochs: int = 20
     ksample: int = 20
+    volume_star: str = ""
     clusters: str = "0"
     use_gpu: bool = True
     extra_train: dict | None = None
@@ -66,6 +68,8 @@ def build(project, s: WorkflowSettings) -> dict:
     project.saveProtocol(train)
     ana = project.newProtocol(TomoDrgnProtAnalyze, objLabel="analyze", ksample=s.ksample, useGpu=s.use_gpu)
     ana.inputTraining.set(train)
+    if s.volume_star:
+        ana.volumeStar.set(s.volume_star)
     project.saveProtocol(ana)
     sel = project.newProtocol(TomoDrgnProtSelect, objLabel="select and export", mode=0, clusters=s.clusters)
     sel.inputParticles.set(ana)
@@ -83,7 +87,7 @@ def template_json(project) -> str:
     data = json.loads(project.getProtocolsJson(list(prots.values())))
     by_id = {str(p.getObjId()): key for key, p in prots.items()}
     defaults = {"starFile": s.star, "dataDir": "", "proteinDark": s.protein_dark, "zdim": s.zdim,
-                "numEpochs": s.epochs, "ksample": s.ksample, "clusters": s.clusters}
+                "numEpochs": s.epochs, "ksample": s.ksample, "volumeStar": s.volume_star, "clusters": s.clusters}
     marks = {}
     for entry in data:
         key = by_id[str(entry["object.id"])]
@@ -117,11 +121,15 @@ def run(project, prots: dict) -> None:
 def report(prots: dict) -> list[str]:
     """What came out, one line each."""
     imp, train, ana, sel = (prots[k] for k in ("import", "train", "analyze", "select"))
+    mapback = ([f"map-back: ChimeraX scripts per tomogram in {os.path.abspath(ana.mapbackDir('markers'))} (markers) and "
+                f"{os.path.abspath(ana.mapbackDir('volumes'))} (cluster volumes)"]
+               if os.path.isdir(ana.mapbackDir("markers")) else [])
     return [
         f"import: {imp.summaryVar.get()}",
         f"train VAE: {train.outputParticles.getSize()} particles with z (zdim {train.zdim.get()}), "
         f"model in {os.path.abspath(train.trainDir())}",
         f"analyze: {ana.outputVolumes.getSize()} cluster volumes, plots and tables in {os.path.abspath(ana.anaDir())}",
+        *mapback,
         f"select: {sel.outputParticles.getSize()} particles of cluster(s) {sel.clusters.get()}, "
         f"star file {os.path.abspath(sel.exportedStar())}",
     ]
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--zdim", type=int, default=8)
     r.add_argument("--epochs", type=int, default=20)
     r.add_argument("--ksample", type=int, default=20)
+    r.add_argument("--volume-star", type=Path,
+                   help="volume-series star of the same particles (coordinates in the tomograms): map the k-means "
+                        "clusters back into the tomograms (ChimeraX scripts)")
     r.add_argument("--clusters", default="0")
     r.add_argument("--cpu", action="store_true", help="do not use a GPU")
     r.add_argument("--small", action="store_true", help="a small network (the demo's), for a quick run on a CPU")
@@ -176,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                  batchSize=8, learningRate=1e-3) if a.small else None
     settings = WorkflowSettings(star=str(a.star.resolve()), datadir=str(a.datadir.resolve()) if a.datadir else "",
                                 protein_dark=a.protein_dark, zdim=a.zdim, epochs=a.epochs, ksample=a.ksample,
-                                clusters=a.clusters, use_gpu=not a.cpu, extra_train=small)
+                                volume_star=str(a.volume_star.resolve()) if a.volume_star else "", clusters=a.clusters,
+                                use_gpu=not a.cpu, extra_train=small)
     project = _manager_project(a.project, fresh=True)
     prots = build(project, settings)
     run(project, prots)

@@ -27,7 +27,8 @@ def add_simulate(p: argparse.ArgumentParser) -> None:
     from .simulate import SimulationConfig
 
     c = SimulationConfig()
-    p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder (particles.star, stacks/, ground truth)")
+    p.add_argument("-o", "--outdir", type=Path, required=True,
+                   help="output folder (particles.star, particles_volumes.star for mapback, stacks/, ground truth)")
     p.add_argument("--volumes", type=Path, nargs="+", help="ground-truth volumes (.mrc); default: the built-in two-state phantom")
     p.add_argument("--phantom-box", type=int, default=32, help="box of the built-in phantom, pixels (default: 32)")
     p.add_argument("--pixel-size", type=float, help=f"A per pixel (default: the volume header's; {c.pixel_size} for the phantom)")
@@ -98,6 +99,7 @@ def run_simulate(a: argparse.Namespace) -> None:
     kind = "continuous (mixing.txt)" if a.continuous else f"{len(vols)} discrete states (labels.txt)"
     print(f"simulated {info['n_particles']} particles, {info['n_images']} tilt images, box {info['box']} px at {pixel:g} A/px, {kind}")
     print(f"star file: {info['star']}")
+    print(f"volume-series star (particle coordinates and orientations in the tomograms, for mapback): {info['volume_star']}")
     print(f"ground truth: {Path(a.outdir) / 'ground_truth.csv'}, volumes: {', '.join(str(v) for v in info['volumes'])}")
 
 

@@ -562,8 +562,17 @@ def add_convergence_vae(p: argparse.ArgumentParser) -> None:
                    help="largest relative change of the total loss between examined epochs (default: 0.01)")
 
 
-def run_convergence_vae(a: argparse.Namespace) -> None:
-    """Run ``convergence_vae``."""
+def evaluate(a: argparse.Namespace) -> tuple[ConvergenceResult, dict[str, Path], int]:
+    """Everything ``convergence_vae`` computes and writes, for arguments parsed by :func:`add_convergence_vae`.
+
+    Returns
+    -------
+    result : ConvergenceResult
+    paths : dict
+        What was written (:func:`write_outputs`), plus ``outdir``.
+    interval : int
+        Checkpoints between examined epochs.
+    """
     from .analysis import TrainingRun
     from .generate import VolumeOptions
 
@@ -608,6 +617,13 @@ def run_convergence_vae(a: argparse.Namespace) -> None:
     r = assess(run, epochs, a.n_vols, a.random_seed, device, options, thresholds)
     paths = write_outputs(r, Path(outdir), run)
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return r, {**paths, "outdir": Path(outdir)}, interval
+
+
+def run_convergence_vae(a: argparse.Namespace) -> None:
+    """Run ``convergence_vae``."""
+    r, paths, interval = evaluate(a)
+    epochs, outdir = [int(e) for e in r.epochs], paths["outdir"]
     print(f"examined {len(epochs)} epochs ({epochs[0]}..{epochs[-1]}, every {interval} checkpoint(s)) at "
           f"{len(r.anchor_rows)} anchor particles")
     last_row = len(epochs) - 1

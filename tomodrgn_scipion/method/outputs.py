@@ -63,25 +63,6 @@ def write_fsc_csv(path: str | os.PathLike, curve: np.ndarray, d: int, pixel_size
 def plot_fsc(path: str | os.PathLike, curve: np.ndarray, d: int, pixel_size: float, freq_0143: float,
              title: str = "") -> None:
     """Plot an FSC curve with the 0.143 threshold and the resolution it gives (PNG, atomic)."""
-    import matplotlib
+    from .plots import fsc_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    freq = np.arange(len(curve)) / (d * pixel_size)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(freq, curve, color="#0072B2", marker="o", ms=3, label="half-map FSC")
-    ax.axhline(0.143, color="#D55E00", ls="--", lw=1, label="FSC = 0.143")
-    ax.axvline(freq_0143, color="#999999", ls=":", lw=1, label=f"{1 / freq_0143:.1f} Å")
-    ax.set_xlabel("spatial frequency (1/Å)")
-    ax.set_ylabel("Fourier shell correlation")
-    ax.set_ylim(-0.1, 1.05)
-    ax.set_xlim(0, freq[-1])
-    ax.set_title(title)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    try:
-        with atomic_write(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+    save_figure(fsc_figure(np.arange(len(curve)) / (d * pixel_size), curve, freq_0143, title), path)

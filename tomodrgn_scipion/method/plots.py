@@ -125,10 +125,39 @@ def stacked_bars(ax: Axes, names: Sequence[str], counts: np.ndarray, series: Seq
         color, _, hatch = category_style(j)
         ax.bar(x, counts[:, j], bottom=bottom, color=color, hatch=hatch, edgecolor="white", linewidth=0.3, label=name)
         bottom += counts[:, j]
-    ax.set_xticks(x, names, rotation=90 if len(names) > 8 else 0, fontsize=7 if len(names) > 20 else 9)
+    rotation = 90 if len(names) > 8 else 30 if max((len(n) for n in names), default=0) > 10 else 0
+    ax.set_xticks(x, names, rotation=rotation, ha="right" if rotation == 30 else "center",
+                  fontsize=7 if len(names) > 20 else 9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     _legend(ax, len(series))
+
+
+def fsc_figure(freq: np.ndarray, curve: np.ndarray, freq_0143: float, title: str = "",
+               label: str = "half-map FSC") -> Figure:
+    """An FSC curve with the 0.143 threshold and the resolution where the curve crosses it.
+
+    Parameters
+    ----------
+    freq : numpy.ndarray, shape (S,)
+        Spatial frequency of each shell, 1/A.
+    curve : numpy.ndarray, shape (S,)
+        FSC per shell.
+    freq_0143 : float
+        Frequency of the 0.143 crossing, 1/A (drawn as a vertical line labelled with 1/freq in A).
+    """
+    fig, (ax,) = new_figure(1, panel_size=(6.0, 4.0))
+    ax.plot(freq, curve, color=OKABE_ITO[0], marker="o", ms=3, label=label)
+    ax.axhline(0.143, color=OKABE_ITO[5], ls="--", lw=1, label="FSC = 0.143")
+    if np.isfinite(freq_0143) and freq_0143 > 0:
+        ax.axvline(freq_0143, color="#999999", ls=":", lw=1, label=f"{1 / freq_0143:.1f} Å at 0.143")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("Fourier shell correlation")
+    ax.set_ylim(-0.1, 1.05)
+    ax.set_xlim(0, float(freq[-1]))
+    ax.set_title(title)
+    ax.legend(loc="upper right")
+    return fig
 
 
 def marker_size(n: int) -> float:

@@ -12,6 +12,11 @@ j-th image acquired (0-based) has received a cumulative dose of ``(j + 1) * dose
 Heterogeneity is either discrete (each particle drawn from one of the volumes, balanced labels) or
 continuous (two volumes mixed with a coefficient ``t`` in [0, 1] per particle).
 
+The particles' placements in their tomograms are also written as a Warp/RELION *volume-series* star
+(one row per particle, as for subtomograms), which ``mapback`` reads: coordinates in pixels of
+``pixel_size`` from the corner of a ``tomogram_width`` x ``tomogram_width`` x ``tomogram_thickness`` A
+tomogram, and the angles of ``A_p`` itself, i.e. the pose of the particle's 0-degree tilt image.
+
 Memory is bounded: images are computed and written in chunks, and the star file is streamed.
 """
 from __future__ import annotations
@@ -41,6 +46,15 @@ STAR_COLUMNS = [
     "rlnImageName", "rlnMicrographName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
     "rlnOriginX", "rlnOriginY", "rlnCtfBfactor", "rlnCtfScalefactor", "rlnGroupName",
 ]
+#: Columns of the volume-series star, one row per particle.
+VOLUME_STAR_COLUMNS = [
+    "rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ",
+    "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnMagnification", "rlnDetectorPixelSize", "rlnPixelSize",
+]
+VOLUME_STAR_NAME = "particles_volumes.star"
+# spawn key of the generator of the draws added with the volume-series star (the y coordinates): a
+# stream of its own, so that every earlier draw, hence particles.star and the stacks, stay as they were
+_PLACEMENT_STREAM = (3,)
 
 
 def tilt_scheme(max_tilt: float = 60.0, step: float = 3.0, scheme: str = "dose-symmetric") -> np.ndarray:
@@ -127,6 +141,9 @@ class _Simulator:
         self.rot_p = random_rotations(n, torch.Generator().manual_seed(cfg.seed))
         self.pos_x = rng.uniform(-cfg.tomogram_width / 2, cfg.tomogram_width / 2, n)
         self.pos_z = rng.uniform(-cfg.tomogram_thickness / 2, cfg.tomogram_thickness / 2, n)
+        # y does not change the images (tilt axis Y), so it was never drawn for them
+        placement_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=_PLACEMENT_STREAM))
+        self.pos_y = placement_rng.uniform(-cfg.tomogram_width / 2, cfg.tomogram_width / 2, n)
         self.tomo_index = np.arange(n) // cfg.particles_per_tomogram
         self.n_tomos = int(self.tomo_index.max()) + 1
         self.tomo_defocus = rng.uniform(cfg.defocus_min, cfg.defocus_max, self.n_tomos)
@@ -203,8 +220,9 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     volumes : list of numpy.ndarray, each shape (D, D, D)
         Ground-truth densities (positive = protein), indexed ``[z, y, x]``; two for ``continuous``.
     out_dir : path-like
-        Receives ``particles.star``, ``stacks/<tomogram>.mrcs``, ``ground_truth.csv``, ``labels.txt``
-        (discrete) or ``mixing.txt`` (continuous) and ``volumes/vol_NNN.mrc``.
+        Receives ``particles.star`` (image series, one row per tilt image), ``particles_volumes.star``
+        (volume series, see :func:`volume_star_rows`), ``stacks/<tomogram>.mrcs``, ``ground_truth.csv``,
+        ``labels.txt`` (discrete) or ``mixing.txt`` (continuous) and ``volumes/vol_NNN.mrc``.
     cfg : SimulationConfig
         ``cfg.stack_dir``, when set, receives the stacks instead of ``out_dir/stacks``; the star names
         them relative to its own folder when they lie below it, else by file name alone (to be found
@@ -213,7 +231,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     Returns
     -------
     dict
-        Paths written and counts.
+        Paths written (``star``, ``volume_star``, ``volumes``) and counts.
     """
     out = Path(out_dir)
     d = volumes[0].shape[-1]
@@ -266,6 +284,14 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
         raise
     star.close()
 
+    vol_star = StarWriter(out / VOLUME_STAR_NAME, VOLUME_STAR_COLUMNS)
+    try:
+        vol_star.append(volume_star_rows(sim))
+    except BaseException:
+        vol_star.abort()
+        raise
+    vol_star.close()
+
     e_rot, e_tilt, e_psi = (x.numpy() for x in matrix_to_euler(sim.rot_p))
     truth = pd.DataFrame({
         "particle": sim.pids, "tomogram": [sim.tomo_names[t] for t in sim.tomo_index],
@@ -281,7 +307,8 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     else:
         write_text(out / "mixing.txt", "".join(f"{v:.6f}\n" for v in sim.mix))
     return {
-        "star": out / "particles.star", "n_particles": n, "n_images": n * n_tilts, "box": d,
+        "star": out / "particles.star", "volume_star": out / VOLUME_STAR_NAME,
+        "n_particles": n, "n_images": n * n_tilts, "box": d,
         "pixel_size": cfg.pixel_size, "noise_sigma": noise_sigma,
         "volumes": [vol_dir / f"vol_{i:03d}.mrc" for i in range(len(volumes))],
     }
@@ -307,4 +334,36 @@ def _star_rows(sim: _Simulator, t: int, ti: _TiltImages, cfg: SimulationConfig, 
         "rlnCtfBfactor": _fmt(-4.0 * p.dose, 4),
         "rlnCtfScalefactor": _fmt(p.ctf_scalefactor, 8),
         "rlnGroupName": [sim.pids[q] for q in ti.particle],
+    })
+
+
+def volume_star_rows(sim: _Simulator) -> pd.DataFrame:
+    """The volume-series star rows: one per particle, in the particle order of ``particles.star``.
+
+    Parameters
+    ----------
+    sim : _Simulator
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`VOLUME_STAR_COLUMNS` as text. ``_rlnMicrographName`` is the particle's tomogram as in
+        ``particles.star``; ``_rlnCoordinateX/Y/Z`` are in pixels of ``pixel_size`` (also written as
+        ``_rlnPixelSize`` and ``_rlnDetectorPixelSize``) from the tomogram's corner, its centre at
+        ``(width / 2, width / 2, thickness / 2)``, so that ``x``, ``z`` are the positions the defocus of
+        each tilt follows; ``_rlnAngleRot/Tilt/Psi`` are RELION's Euler angles of the particle
+        orientation ``A_p``: every tilt image's pose is ``Ry(t) A_p``, and the 0-degree image's is ``A_p``.
+    """
+    cfg = sim.cfg
+    centre = np.array([cfg.tomogram_width, cfg.tomogram_width, cfg.tomogram_thickness]) / 2
+    coords = (np.stack([sim.pos_x, sim.pos_y, sim.pos_z], 1) + centre) / cfg.pixel_size
+    rot_e, tilt_e, psi_e = (x.numpy() for x in matrix_to_euler(sim.rot_p))
+    return pd.DataFrame({
+        "rlnMicrographName": [f"{sim.tomo_names[t]}.tomostar" for t in sim.tomo_index],
+        "rlnCoordinateX": _fmt(coords[:, 0], 3), "rlnCoordinateY": _fmt(coords[:, 1], 3),
+        "rlnCoordinateZ": _fmt(coords[:, 2], 3),
+        "rlnAngleRot": _fmt(rot_e, 6), "rlnAngleTilt": _fmt(tilt_e, 6), "rlnAnglePsi": _fmt(psi_e, 6),
+        "rlnMagnification": "10000.0",
+        "rlnDetectorPixelSize": repr(float(cfg.pixel_size)),
+        "rlnPixelSize": repr(float(cfg.pixel_size)),
     })

@@ -1,5 +1,6 @@
 """Analyse a trained latent space with ``tomodrgn-scipion analyze``: k-means classes as volumes, the
-particles with their cluster, PCA/UMAP and traversal files and plots for the viewers."""
+particles with their cluster, PCA/UMAP and traversal files and plots for the viewers; optionally the
+k-means clusters mapped back into the tomograms (``tomodrgn-scipion mapback``, ChimeraX scripts)."""
 from __future__ import annotations
 
 import os
@@ -54,6 +55,13 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
                       label="Skip UMAP?", help="UMAP runs when zdim > 2 (it takes most of the time).")
         form.addParam("seed", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED, label="Random seed",
                       help="Of k-means and UMAP.")
+        form.addParam("volumeStar", params.PathParam, allowsNull=True, label="Volume-series star (map-back)",
+                      help="Optional. The Warp/RELION subtomogram (volume-series) star with the particle coordinates "
+                           "in the tomograms (_rlnCoordinateX/Y/Z, _rlnMicrographName, _rlnAngleRot/Tilt/Psi), one "
+                           "row per particle: the same particles, in the same order and tomograms, as the training "
+                           "star (all of them: after a selection of particles, select the same rows of this star). "
+                           "When given, a ChimeraX script per tomogram (mapback) places every particle coloured "
+                           "by its k-means cluster: as markers, and as its cluster's volume.")
         self._addVolumeParams(form)
         self._addGpuParams(form)
 
@@ -65,12 +73,23 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
     def kmeansDir(self, *parts: str) -> str:
         return self.anaDir(f"kmeans{self.ksample.get()}", *parts)
 
+    def mapbackDir(self, *parts: str) -> str:
+        """The map-back scripts: ``markers/<tomogram>.cxc`` and ``volumes/<tomogram>.cxc``, each folder
+        with its ``mapback_summary.txt``."""
+        return self.anaDir("mapback", *parts)
+
+    def _volumeStar(self) -> str:
+        """The volume-series star, or "" when map-back is off."""
+        return (self.volumeStar.get() or "").strip()
+
     def _train(self):
         return self.inputTraining.get()
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
         self._insertFunctionStep(self.analyzeStep)
+        if self._volumeStar():
+            self._insertFunctionStep(self.mapbackStep)
         self._insertFunctionStep(self.createOutputStep)
 
     def analyzeStep(self) -> None:
@@ -80,6 +99,14 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         if self.skipUmap:
             args.append("--skip-umap")
         self._runCli("analyze", [*args, *self._volumeArgs()])
+
+    def mapbackStep(self) -> None:
+        """The k-means labels in the tomograms: one script of markers, one of placed cluster volumes."""
+        common: list[object] = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt"),
+                                "--particles", self._train().inputStar()]
+        self._runCli("mapback", [*common, "-o", self.mapbackDir("markers"), "--mode", "markers"])
+        self._runCli("mapback", [*common, "-o", self.mapbackDir("volumes"), "--mode", "volumes",
+                                 "--vols-dir", self.kmeansDir()])
 
     def createOutputStep(self) -> None:
         from ..method.stacks import read_volume
@@ -134,13 +161,19 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
             errors.append("The training run has no output particles yet: wait for it to finish.")
         if self.numPcs.get() > train.zdim.get():
             errors.append(f"Only {train.zdim.get()} principal components exist (zdim).")
+        if self._volumeStar() and not os.path.isfile(self._volumeStar()):
+            errors.append(f"Volume-series star not found: {self._volumeStar()}")
         return errors
 
     def _summary(self) -> list[str]:
         path = self.anaDir("summary.txt")
         if not os.path.isfile(path):
             return ["Not analysed yet."]
-        return [line for line in open(path).read().splitlines() if line.strip()]
+        lines = [line for line in open(path).read().splitlines() if line.strip()]
+        if os.path.isdir(self.mapbackDir("markers")):
+            lines.append(f"Map-back ChimeraX scripts (one per tomogram): {self.mapbackDir('markers')} (markers), "
+                         f"{self.mapbackDir('volumes')} (cluster volumes)")
+        return lines
 
     def _methods(self) -> list[str]:
         if not self.hasAttribute("outputVolumes"):

@@ -72,10 +72,27 @@ class TestChainSimulated(ProjectTest):
             np.testing.assert_allclose(p.getZ(), z[ids.index(p.getParticleId())], rtol=1e-6)
         self.assertEqual(sorted(p.getObjId() for p in out), [i + 1 for i in range(120) if i % 3])
 
-        ana = self.newProtocol(TomoDrgnProtAnalyze, ksample=2, nPerPc=3, useGpu=False)
+        # map-back needs the volume-series star of the trained particles: the simulator's, less every third row
+        from tomodrgn_scipion.method.star import write_star
+
+        vol_df = read_star(self.tmp / "particles_volumes.star")
+        vol_star = self.tmp / "subset_volumes.star"
+        write_star(vol_df[vol_df.index % 3 != 0].reset_index(drop=True), vol_star)
+        missing = self.newProtocol(TomoDrgnProtAnalyze, ksample=2, volumeStar=str(self.tmp / "nowhere.star"))
+        missing.inputTraining.set(train)
+        self.assertEqual([e for e in missing.validate() if "nowhere.star" in e],
+                         [f"Volume-series star not found: {self.tmp / 'nowhere.star'}"])
+
+        ana = self.newProtocol(TomoDrgnProtAnalyze, ksample=2, nPerPc=3, useGpu=False, volumeStar=str(vol_star))
         ana.inputTraining.set(train)
         self.launchProtocol(ana)
         self.assertEqual(ana.outputVolumes.getSize(), 2)
+        for mode in ("markers", "volumes"):
+            self.assertEqual(sorted(os.listdir(ana.mapbackDir(mode))),
+                             ["mapback_summary.txt"] + [f"tomo_{t:03d}.cxc" for t in range(4)])
+        markers = open(ana.mapbackDir("markers", "tomo_001.cxc")).read()
+        self.assertEqual(markers.count("\nmarker #1 position "), 20)  # 30 particles in tomogram 1, less a third
+        self.assertIn(ana.mapbackDir("markers"), ana.summary()[-1])
         for v in ana.outputVolumes:
             self.assertEqual(len(v._tdZ), 2)
             self.assertTrue(os.path.isfile(v.getFileName()))
@@ -194,3 +211,25 @@ class TestChainSample(ProjectTest):
         truth = np.loadtxt(SAMPLE / "particle_labels.txt").astype(int)
         labels = np.loadtxt(ana.kmeansDir("labels.txt")).astype(int)
         self.assertGreaterEqual(agreement(labels, truth), 0.99)
+
+        # selection by drawing (the viewer's lasso): a polygon around one k-means cluster on the latent plot
+        # creates a select run with exactly that cluster's particles
+        from scipy.spatial import ConvexHull
+
+        from tomodrgn_scipion.viewers import TomoDrgnAnalyzeViewer
+
+        viewer = TomoDrgnAnalyzeViewer(project=self.proj, protocol=ana)
+        viewer.setProtocol(ana)
+        viewer.waitForRuns = True
+        window = viewer.selectionWindow()
+        latent = viewer.latentSpace()
+        for j in (0, 1):
+            rows = np.flatnonzero(latent.labels == j)
+            hull = window.xy[rows][ConvexHull(window.xy[rows]).vertices]
+            np.testing.assert_array_equal(window.select_polygon(hull), rows)
+        self.assertIn(f"keep {len(rows)} of 144 particles", window.create())
+        sel = self.proj.getProtocol(viewer.lastSelection.getObjId())
+        cluster = {p.getParticleId() for p in ana.outputParticles if p.getCluster() == 1}
+        self.assertEqual({p.getParticleId() for p in sel.outputParticles}, cluster)
+        exported = read_star(sel.exportedStar())
+        self.assertEqual(set(exported["rlnGroupName"]), cluster)

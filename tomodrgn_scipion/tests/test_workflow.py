@@ -29,11 +29,13 @@ class TestWorkflowTemplate(ProjectTest):
         t.replaceEnvVariables()  # as scipion3 template does: environment variables, then the fields
         t.parseContent()
         aliases = {p.getAlias() for p in t.getParams().values()}
-        self.assertEqual(aliases, {"star", "datadir", "dark", "zdim", "epochs", "ksample", "clusters"})
+        self.assertEqual(aliases, {"star", "datadir", "dark", "zdim", "epochs", "ksample", "volumestar", "clusters"})
         star = Path(self.proj.path) / "particles.star"  # the template checks that paths exist
         star.write_text("")
+        vol_star = Path(self.proj.path) / "particles_volumes.star"
+        vol_star.write_text("")
         for alias, value in (("star", str(star)), ("zdim", "4"), ("epochs", "30"), ("ksample", "5"),
-                             ("clusters", "1 3"), ("dark", "true")):
+                             ("clusters", "1 3"), ("dark", "true"), ("volumestar", str(vol_star))):
             self.assertEqual(t.setParamValue(alias, value), 1)
         path = t.createTemplateFile()
         data = json.loads(Path(path).read_text())
@@ -48,6 +50,7 @@ class TestWorkflowTemplate(ProjectTest):
         self.assertTrue(imp.proteinDark.get())
         self.assertEqual((train.zdim.get(), train.numEpochs.get()), (4, 30))
         self.assertEqual(ana.ksample.get(), 5)
+        self.assertEqual(ana.volumeStar.get(), str(vol_star))
         self.assertEqual(sel.clusters.get(), "1 3")
         self.assertIs(type(train.inputParticles.getObjValue()), type(imp))
         self.assertEqual(train.inputParticles.getObjValue().getObjId(), imp.getObjId())

@@ -1,1 +1,8 @@
-"""Scipion viewers of scipion-em-tomodrgn (latent-space plots, volume series); none yet."""
+"""Scipion viewers ("Analyze Results") of every protocol of the plugin. Scipion finds them here."""
+from .viewer_analyze import TomoDrgnAnalyzeViewer
+from .viewer_maps import TomoDrgnBackprojectViewer, TomoDrgnGenerateViewer
+from .viewer_particles import TomoDrgnParticlesViewer
+from .viewer_train import TomoDrgnTrainNNViewer, TomoDrgnTrainVAEViewer
+
+__all__ = ["TomoDrgnAnalyzeViewer", "TomoDrgnBackprojectViewer", "TomoDrgnGenerateViewer", "TomoDrgnParticlesViewer",
+           "TomoDrgnTrainNNViewer", "TomoDrgnTrainVAEViewer"]

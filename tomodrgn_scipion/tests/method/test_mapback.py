@@ -200,6 +200,24 @@ def test_translation_puts_volume_centre_at_particle(sim, tmp_path):
             np.testing.assert_allclose(m[:, :3] @ m[:, :3].T, np.eye(3), atol=1e-5)
 
 
+def test_simulator_volume_star_maps_back(sim, tmp_path):
+    """simulate's particles_volumes.star is accepted as is, with its particles.star, in both modes."""
+    vol_star = sim / "particles_volumes.star"
+    for mode in ("markers", "volumes"):
+        out = tmp_path / mode
+        assert main(["mapback", str(vol_star), "--labels", str(sim / "labels.txt"), "-o", str(out), "--mode", mode,
+                     "--vols-dir", str(sim / "volumes"), "--particles", str(sim / "particles.star")]) == 0
+        assert sorted(p.name for p in out.glob("*.cxc")) == ["tomo_000.cxc", "tomo_001.cxc"]
+    from tomodrgn_scipion.method.star import read_star
+
+    df = read_star(vol_star)
+    coords = df[["rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"]].to_numpy(float) * PIXEL
+    markers = parse_markers(tmp_path / "markers" / "tomo_001.cxc")
+    np.testing.assert_allclose(np.stack([m[1] for m in markers]), coords[3:], atol=2e-3)
+    placed = parse_volumes(tmp_path / "volumes" / "tomo_000.cxc")
+    assert [p[0] for p in placed] == [0, 1, 2]
+
+
 def test_coords_pixel_size_overrides_the_star(sim, volstar, tmp_path):
     out = tmp_path / "out"
     assert main(["mapback", str(volstar), "--labels", str(sim / "labels.txt"), "-o", str(out),

@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
+from tomodrgn_scipion.method import simulate as simulate_module
 from tomodrgn_scipion.method.ctf import compute_ctf
 from tomodrgn_scipion.method.dataset import TiltSeriesData
+from tomodrgn_scipion.method.mapback import check_particles, read_volume_series
 from tomodrgn_scipion.method.simulate import SimulationConfig, simulate, tilt_scheme
-from tomodrgn_scipion.method.star import TiltSeriesStar
+from tomodrgn_scipion.method.star import TiltSeriesStar, read_star
 from tomodrgn_scipion.method.transforms import euler_to_matrix, rotation_about_y
 
 from .exact import centred_ifft2, exact_projection_ft
@@ -45,6 +47,49 @@ def test_star_columns_and_geometry(sim_high_snr):
     assert (sim_high_snr / "labels.txt").read_text().split() == [str(v) for v in truth["label"]]
 
 
+def test_volume_star_places_the_particles_of_the_image_star(sim_high_snr):
+    """particles_volumes.star: one row per particle of particles.star, in order, in its tomogram, at the
+    ground-truth x, z, with the orientation that every tilt image's pose composes with the stage tilt."""
+    vs = read_volume_series(sim_high_snr / "particles_volumes.star")
+    s = check_particles(vs, sim_high_snr / "particles.star")
+    truth = pd.read_csv(sim_high_snr / "ground_truth.csv", dtype={"particle": str})
+    assert vs.n_particles == 40 and vs.tomograms == [f"{t}.tomostar" for t in truth["tomogram"]]
+    cfg = SimulationConfig()
+    centre = np.array([cfg.tomogram_width, cfg.tomogram_width, cfg.tomogram_thickness]) / 2
+    rel = vs.centers_a - centre  # coordinates x pixel size, from the tomogram's centre
+    np.testing.assert_allclose(rel[:, 0], truth["x_A"], atol=0.01)
+    np.testing.assert_allclose(rel[:, 2], truth["z_A"], atol=0.01)
+    assert np.all(np.abs(rel) <= centre) and rel[:, 1].std() > cfg.tomogram_width / 5
+    df = read_star(sim_high_snr / "particles_volumes.star")
+    assert set(df["rlnPixelSize"]) == set(df["rlnDetectorPixelSize"]) == {"6.0"}
+    # independently of simulate: Ry(t)^T A_image = A_volume for every tilt image, and the 0-degree
+    # image carries the volume-series angles themselves
+    a_vol = euler_to_matrix(*(torch.from_numpy(vs.euler[:, i]) for i in range(3)))
+    a_img = euler_to_matrix(*(torch.from_numpy(s.euler[:, i]) for i in range(3)))
+    signed_tilt = np.tile(tilt_scheme(60, 3), 40)
+    untilt = rotation_about_y(torch.from_numpy(signed_tilt)).transpose(1, 2) @ a_img
+    torch.testing.assert_close(untilt, a_vol[torch.from_numpy(s.particle_index)], atol=1e-5, rtol=0)
+    zero = [rows[0] for rows in s.rows_of_particle]
+    assert np.all(s.stage_tilt_deg[zero] == 0.0)
+    np.testing.assert_allclose(s.euler[zero], vs.euler, atol=2e-6)
+
+
+def test_volume_star_does_not_change_the_image_series(tmp_path, phantom, monkeypatch):
+    """The y coordinates come from a stream of their own: the images and particles.star are those of the
+    same seed before the volume-series star existed, whatever that stream draws."""
+    cfg = SimulationConfig(n_particles=4, particles_per_tomogram=2, tilt_max=6, tilt_step=6, snr=1.0, seed=5)
+    simulate(list(phantom), tmp_path / "a", cfg)
+    monkeypatch.setattr(simulate_module, "_PLACEMENT_STREAM", (99,))
+    simulate(list(phantom), tmp_path / "b", cfg)
+    for rel in ("particles.star", "ground_truth.csv", "labels.txt"):
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
+    for rel in ("stacks/tomo_000.mrcs", "stacks/tomo_001.mrcs"):
+        assert np.array_equal(mrcfile.read(tmp_path / "a" / rel), mrcfile.read(tmp_path / "b" / rel))
+    va, vb = (read_star(tmp_path / k / "particles_volumes.star") for k in "ab")
+    assert not va["rlnCoordinateY"].equals(vb["rlnCoordinateY"])
+    assert va.drop(columns="rlnCoordinateY").equals(vb.drop(columns="rlnCoordinateY"))
+
+
 def test_simulated_images_match_exact_dft_projections(tmp_path, phantom):
     """Noise-free simulate output against an exact DFT projection put through the same optics by hand."""
     cfg = SimulationConfig(n_particles=2, tilt_max=60, tilt_step=30, snr=0.0, defocus_min=4000, defocus_max=6000,
@@ -74,7 +119,7 @@ def test_same_seed_same_data_and_snr(tmp_path, phantom):
     cfg = SimulationConfig(n_particles=6, particles_per_tomogram=3, tilt_max=9, snr=0.5, seed=11)
     simulate(list(phantom), tmp_path / "a", cfg)
     simulate(list(phantom), tmp_path / "b", cfg)
-    for rel in ("particles.star", "ground_truth.csv", "labels.txt"):
+    for rel in ("particles.star", "particles_volumes.star", "ground_truth.csv", "labels.txt"):
         assert hashlib.sha256((tmp_path / "a" / rel).read_bytes()).digest() == hashlib.sha256((tmp_path / "b" / rel).read_bytes()).digest()
     for rel in ("stacks/tomo_000.mrcs", "stacks/tomo_001.mrcs"):  # MRC headers carry a creation time
         assert np.array_equal(mrcfile.read(tmp_path / "a" / rel), mrcfile.read(tmp_path / "b" / rel))
