@@ -16,7 +16,7 @@ from .figures import image_grid, lowest_dose_images, positions_figure
 from .latent import COLOR_CLUSTER, LatentSpace
 from .selection import SelectionWindow, format_indices
 from .viewer_base import TomoDrgnViewerBase, volume_names
-from .viewer_train import EMBED_PCA, EMBED_UMAP, EMBEDDINGS
+from .viewer_train import EMBED_PCA, EMBED_UMAP, EMBEDDINGS, loss_figure
 
 PLOT_SCATTER, PLOT_HEXBIN = 0, 1
 MAPBACK_MODES = ["markers", "volumes"]
@@ -283,13 +283,8 @@ class TomoDrgnAnalyzeViewer(TomoDrgnViewerBase):
 
     # --------------------------------------------------------------------------------------------- training
     def _showLoss(self, _param=None) -> list[View]:
-        from pathlib import Path
-
-        from ..method.analysis import read_loss
-        from ..method.cli_analysis import figure_loss
-
-        loss = read_loss(Path(self._train().trainDir()))
-        if not len(loss["epoch"]):
+        epoch = self.latentSpace().epoch if self._analysed() else None
+        fig = loss_figure(self._train().trainDir(), with_kl=True, epoch=epoch)
+        if fig is None:
             return self.missing("The training run has no finished epoch.")
-        return self.figureView(figure_loss(loss, self.latentSpace().epoch if self._analysed() else int(loss["epoch"][-1])),
-                               f"{self.protocol.getRunName()}: loss (dotted: the analysed epoch)")
+        return self.figureView(fig, f"{self.protocol.getRunName()}: loss (dotted: the analysed epoch)")

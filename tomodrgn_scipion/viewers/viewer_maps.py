@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 
+import numpy as np
 import pyworkflow.protocol.params as params
 from pyworkflow.viewer import View
 
@@ -74,8 +75,6 @@ class TomoDrgnGenerateViewer(TomoDrgnViewerBase):
             return self.missing("No volumes yet: run (or wait for) the generate volumes protocol.")
         names = volume_names(paths, "z point")
         try:
-            import numpy as np
-
             z = np.loadtxt(self.protocol.zPath(), ndmin=2)
             names = [f"{n}: z = ({', '.join(f'{v:.2f}' for v in row)})" if len(row) <= 4 else n
                      for n, row in zip(names, z)]

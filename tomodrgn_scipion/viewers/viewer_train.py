@@ -18,7 +18,9 @@ EMBED_PCA, EMBED_UMAP = 0, 1
 EMBEDDINGS = ["PCA", "UMAP"]
 
 
-def _loss_figure(train_dir: str, with_kl: bool):
+def loss_figure(train_dir: str, with_kl: bool, epoch: int | None = None):
+    """Loss per epoch of a training folder (None before the first epoch); ``epoch`` (default: the last) is
+    marked dotted when the KL panel is drawn."""
     from pathlib import Path
 
     from ..method import plots
@@ -29,7 +31,7 @@ def _loss_figure(train_dir: str, with_kl: bool):
         return None
     last = int(loss["epoch"][-1])
     if with_kl:
-        fig = figure_loss(loss, last)
+        fig = figure_loss(loss, last if epoch is None else epoch)
     else:
         fig, (ax,) = plots.new_figure(1, panel_size=(5.0, 3.5))
         plots.lines(ax, loss["epoch"], {"reconstruction": loss["recon"]}, "epoch", "reconstruction loss (MSE)")
@@ -50,7 +52,8 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
         form.addParam("embedding", params.EnumParam, choices=EMBEDDINGS, default=EMBED_PCA,
                       display=params.EnumParam.DISPLAY_HLIST, label="Latent space as",
                       help="UMAP needs zdim > 2; it is computed once per checkpoint (tens of seconds) and kept.")
-        form.addParam("colorBy", params.EnumParam, choices=self._colorChoices(), default=0,
+        self._colors = self._colorChoices()
+        form.addParam("colorBy", params.EnumParam, choices=self._colors, default=0,
                       label="Colour points by", help="The tomogram, or a star column (per particle; a column that varies "
                                                      "across tilts gives its value on the lowest-dose tilt).")
         form.addParam("displayLatent", params.LabelParam, label="Latent space of the latest checkpoint")
@@ -80,7 +83,7 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
 
     # --------------------------------------------------------------------------------------------- views
     def _showLoss(self, _param=None) -> list[View]:
-        fig = _loss_figure(self.protocol.trainDir(), with_kl=True)
+        fig = loss_figure(self.protocol.trainDir(), with_kl=True)
         if fig is None:
             return self.missing("No epoch has finished yet: the loss appears after the first epoch.")
         return self.figureView(fig, f"{self.protocol.getRunName()}: loss")
@@ -98,7 +101,7 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
         kind = EMBEDDINGS[self.embedding.get()]
         if kind == "UMAP" and latent.umap is None:
             return self.missing("UMAP needs zdim > 2 and umap-learn: showing nothing. Choose PCA.")
-        color = self._colorChoices()[self.colorBy.get()]
+        color = self._colors[self.colorBy.get()]
         fig = latent.figure(kind, color=color)
         return self.figureView(fig, f"{self.protocol.getRunName()}: latent space, epoch {latent.epoch}")
 
@@ -141,7 +144,7 @@ class TomoDrgnTrainNNViewer(TomoDrgnViewerBase):
         return {"displayLoss": self._showLoss, "displayMap": self._showMap}
 
     def _showLoss(self, _param=None) -> list[View]:
-        fig = _loss_figure(self.protocol.trainDir(), with_kl=False)
+        fig = loss_figure(self.protocol.trainDir(), with_kl=False)
         if fig is None:
             return self.missing("No epoch has finished yet: the loss appears after the first epoch.")
         return self.figureView(fig, f"{self.protocol.getRunName()}: loss")
