@@ -56,7 +56,9 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ paths
     def inputStar(self) -> str:
-        return self._getExtraPath("particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
 
     def mapPath(self, suffix: str = "", ext: str = ".mrc") -> str:
         """``map.mrc`` and the files ``backproject`` writes beside it (``_half1``, ``_fsc`` + ``.csv``...)."""

@@ -74,7 +74,9 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         return self._getExtraPath(self.TRAIN_DIR, *parts)
 
     def inputStar(self) -> str:
-        return self._getExtraPath("particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
