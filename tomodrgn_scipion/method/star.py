@@ -67,6 +67,7 @@ def read_star(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: star file not found")
+    from .starsyntax import check_star_syntax; check_star_syntax(path)  # noqa: E702 (one line: star.py is being restructured)
     names = _column_names(path)
     try:
         data = starfile.read(path, parse_as_string=names, always_dict=True)
