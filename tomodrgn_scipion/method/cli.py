@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 
 from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
-from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
+from .cliutil import (add_data_args, add_device_arg, check_finite_options, load_particle_selection,
+                      protect_argument_files, resolve_device)
 from .errors import InputError, MethodError, TrainingError
 
 log = logging.getLogger("tomodrgn_scipion")
@@ -109,7 +110,7 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
     p.add_argument("-o", "--output", type=Path, required=True, help="output map (.mrc); half maps, filtered map and FSC go beside it")
     add_data_args(p)
-    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line, .pkl or .npy; 0-based, order of first appearance)")
+    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line or .npy; 0-based, order of first appearance)")
     p.add_argument("--first", type=int, help="use only the first N particles (after --ind)")
     p.add_argument("--recon-tilt-weight", action="store_true", help="weight images by cos(stage tilt)")
     p.add_argument("--recon-dose-weight", action="store_true", help="weight frequencies by their dose attenuation")
@@ -123,7 +124,7 @@ def run_backproject(a: argparse.Namespace) -> None:
     """Run ``backproject``."""
     from .backproject import backproject
     from .dataset import TiltSeriesData
-    from .outputs import plot_fsc, write_fsc_csv
+    from .outputs import check_outputs, plot_fsc, write_fsc_csv
     from .stacks import write_mrc
 
     out = a.output if a.output.suffix == ".mrc" else a.output.with_suffix(".mrc")
@@ -137,13 +138,14 @@ def run_backproject(a: argparse.Namespace) -> None:
         raise InputError("at least two particles are needed for half maps and FSC")
     log.info("%s: %d particles, %d tilt images, box %d px, %g A/px", a.particles, data.n_particles, data.n_images,
              data.box, data.pixel_size)
-    r = backproject(data, sel, pad=a.pad, dose_weight=a.recon_dose_weight, tilt_weight=a.recon_tilt_weight,
-                    dose_mask=a.l_dose_mask, batch_images=a.batch_size, device=a.device)
     stem = out.with_suffix("")
     paths = {
         "map": out, "half1": Path(f"{stem}_half1.mrc"), "half2": Path(f"{stem}_half2.mrc"),
         "filtered": Path(f"{stem}_filtered.mrc"), "fsc_csv": Path(f"{stem}_fsc.csv"), "fsc_png": Path(f"{stem}_fsc.png"),
     }
+    check_outputs(paths.values())
+    r = backproject(data, sel, pad=a.pad, dose_weight=a.recon_dose_weight, tilt_weight=a.recon_tilt_weight,
+                    dose_mask=a.l_dose_mask, batch_images=a.batch_size, device=a.device)
     write_mrc(paths["map"], r.full, r.pixel_size)
     write_mrc(paths["half1"], r.half1, r.pixel_size)
     write_mrc(paths["half2"], r.half2, r.pixel_size)
@@ -200,16 +202,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.argv = argv
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     t0 = time.time()
     try:
+        check_finite_options(a)
+        protect_argument_files(a)
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
         COMMANDS[a.command][1](a)
     except MethodError as exc:
         print(f"tomodrgn-scipion {a.command}: error: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, TrainingError) else 2
+    except OSError as exc:  # an OS error no writer turned into a line of its own
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tomodrgn-scipion {a.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tomodrgn-scipion {a.command}: interrupted", file=sys.stderr)
         return 130

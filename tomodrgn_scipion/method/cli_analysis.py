@@ -17,7 +17,7 @@ import numpy as np
 
 from .cliutil import add_device_arg, resolve_device
 from .errors import InputError
-from .outputs import safe_name, write_text
+from .outputs import check_outputs, safe_name, write_text
 
 if TYPE_CHECKING:  # imported where used: every command's start-up would pay for pandas and matplotlib
     import pandas as pd
@@ -406,7 +406,7 @@ def add_filter(p: argparse.ArgumentParser) -> None:
     """Arguments of ``filter``."""
     p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
     sel = p.add_mutually_exclusive_group(required=True)
-    sel.add_argument("--ind", type=Path, help="particle indices (0-based, star order; .txt one per line, .npy or .pkl)")
+    sel.add_argument("--ind", type=Path, help="particle indices (0-based, star order; .txt one per line or .npy)")
     sel.add_argument("--labels", type=Path, help="one integer label per particle, star order (e.g. kmeansK/labels.txt)")
     p.add_argument("--labels-sel", type=int, nargs="+", help="labels to select (with --labels)")
     p.add_argument("--action", choices=("keep", "drop"), default="keep",
@@ -416,23 +416,9 @@ def add_filter(p: argparse.ArgumentParser) -> None:
 
 
 def _read_ints(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{path}: {what} file not found")
-    try:
-        if path.suffix == ".pkl":
-            import pickle
+    from .cliutil import read_index_file
 
-            with open(path, "rb") as fh:
-                raw = np.asarray(pickle.load(fh)).reshape(-1)
-        elif path.suffix == ".npy":
-            raw = np.load(path).reshape(-1)
-        else:
-            raw = np.loadtxt(path, ndmin=1)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc})") from None
-    if raw.size and (not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw))):
-        raise InputError(f"{path}: {what} must be integers")
-    return raw.astype(np.int64)
+    return read_index_file(path, what)
 
 
 def select_particles(n_particles: int, ind: Path | None = None, labels: Path | None = None,
@@ -505,6 +491,7 @@ def run_filter(a: argparse.Namespace) -> None:
         raise InputError(f"--tomogram {a.tomogram}: not in {a.particles} (tomograms: {', '.join(names[:10])}"
                          f"{', ...' if len(names) > 10 else ''})")
     out = a.output if a.output.suffix == ".star" else a.output.with_suffix(".star")
+    check_outputs([out] + ([out.with_name(f"{out.stem}_{safe_name(t)}.star") for t in set(tomos)] if a.tomogram else []))
     rows = filter_rows(star, parts)
     write_star(star.df.iloc[rows], out)
     print(f"kept {len(parts)} of {star.n_particles} particles ({len(rows)} tilt images) -> {out}")
