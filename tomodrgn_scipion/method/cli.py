@@ -7,6 +7,7 @@ training run that cannot go on (non-finite loss) ends with one line and exit sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -18,6 +19,7 @@ from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
 from .cliutil import (add_data_args, add_device_arg, check_finite_options, load_particle_selection,
                       protect_argument_files, resolve_device)
 from .errors import InputError, MethodError, TrainingError
+from .outputs import all_or_nothing
 
 log = logging.getLogger("tomodrgn_scipion")
 
@@ -210,7 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(a.threads)
-        COMMANDS[a.command][1](a)
+        # training writes checkpoints as it goes (a killed run resumes from them); every other command's
+        # outputs appear together when it ends well
+        with contextlib.nullcontext() if a.command in ("train_vae", "train_nn") else all_or_nothing():
+            COMMANDS[a.command][1](a)
     except MethodError as exc:
         print(f"tomodrgn-scipion {a.command}: error: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, TrainingError) else 2

@@ -215,6 +215,9 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
         raise InputError(f"{star_path}: training star file not found (moved? give it with --particles)")
     star = TiltSeriesStar(star_path)
     table = per_particle_table(star, run.particle_ids)
+    # everything that can be refused is read before the first file is written
+    loss = read_loss(run.outdir)
+    model = None if skip_vol else run.model(epoch, device)
     log.info("analysing epoch %d of %s: %d particles, zdim %d", epoch, run.outdir, n, zdim)
     figs: dict[str, Figure] = {}
 
@@ -274,7 +277,6 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
         ax.legend(fontsize=8)
         figs["z_pca_traversals.png"] = fig
 
-    loss = read_loss(run.outdir)
     if len(loss["epoch"]):
         figs["loss.png"] = figure_loss(loss, epoch)
 
@@ -282,8 +284,7 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
         plots.save_figure(fig, anadir / name)
 
     vols: list[Path] = []
-    if not skip_vol:
-        model = run.model(epoch, device)
+    if model is not None:
         vols += write_volumes(model.decoder, list(km.centers), run.box, run.pixel_size, kdir, "vol_", opts)
         for d, (zt, _) in trav.items():
             vols += write_volumes(model.decoder, list(zt), run.box, run.pixel_size, anadir / f"pc{d}", "vol_", opts)

@@ -118,9 +118,41 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return gone
 
 
+#: Open groups of :func:`all_or_nothing`: the (temporary, final) pairs whose renames wait for the group's end.
+_PENDING: list[list[tuple[Path, Path]]] = []
+
+
+@contextmanager
+def all_or_nothing() -> Iterator[None]:
+    """Hold back the renames of :func:`atomic_write` until the block ends: when it ends well every output
+    appears, when it fails (or is interrupted) none does and the temporary files are removed.
+
+    Used around a whole command, so that a command stopped by an error half-way leaves no output under a
+    final name. ``train_vae`` does not use it: its checkpoints must land as they are written.
+    """
+    group: list[tuple[Path, Path]] = []
+    _PENDING.append(group)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in group:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        _PENDING.remove(group)
+    for i, (tmp, final) in enumerate(group):
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            for t, _ in group[i:]:
+                t.unlink(missing_ok=True)
+            raise InputError(os_error_line(final, exc)) from None
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write to; on success it replaces ``path``, on error it is removed.
+    """Yield a temporary path to write to; on success it replaces ``path`` (at the end of an enclosing
+    :func:`all_or_nothing` block, if any), on error it is removed.
 
     Raises
     ------
@@ -129,13 +161,18 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         permission, a folder in the way), or when ``path`` is an input of the command.
     """
     tmp, final = atomic_path(path)
+    done = False
     try:
         yield tmp
-        os.replace(tmp, final)
+        if _PENDING:
+            _PENDING[-1].append((tmp, final))
+        else:
+            os.replace(tmp, final)
+        done = True
     except OSError as exc:
         raise InputError(os_error_line(final, exc)) from None
     finally:
-        if tmp.exists():
+        if not done and tmp.exists():
             tmp.unlink()
 
 

@@ -374,9 +374,15 @@ def training_lock(outdir: Path):
 
 def _train_locked(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path,
                   data_cfg: dict, extra: dict | None, load: str | None) -> list[EpochStats]:
+    from .outputs import check_outputs
+
     device = data.device
     vae = model_cfg.zdim > 0
-    handler = logging.FileHandler(outdir / "run.log")
+    epochs = range(1, settings.num_epochs + 1)
+    check_outputs([outdir / n for n in ("config.json", "particle_ids.txt", "loss.csv", "run.log")]
+                  + [outdir / n for e in epochs for n in _output_names(e, vae, e == settings.num_epochs)])
+    # delay: a run refused while it loads leaves no run.log behind
+    handler = logging.FileHandler(outdir / "run.log", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger("tomodrgn_scipion")
     level = root.level
