@@ -104,9 +104,15 @@ def resolve_device(name: str) -> str:
     return name
 
 
+#: Destinations of the options that name output files (an existing one is replaced, so it is no input).
+OUTPUT_DESTS = frozenset({"output", "out_z", "out_zlogvar", "outz", "outind"})
+
+
 def _argument_paths(a: argparse.Namespace) -> list[Path]:
     out: list[Path] = []
-    for value in vars(a).values():
+    for dest, value in vars(a).items():
+        if dest in OUTPUT_DESTS:
+            continue
         for v in value if isinstance(value, (list, tuple)) else [value]:
             if isinstance(v, Path):
                 out.append(v)

@@ -449,3 +449,13 @@ RESERVED_FOR_FORMAT_LAYER = [
     "warn_negative_defocus", "warn_image_listed_twice", "warn_single_image_tilt_series",
     "short_last_row_inside_group_name", "origin_x_without_origin_y",
 ]
+
+
+def test_eval_images_writes_exactly_the_paths_asked_for(ws: Path, capsys):
+    """``--out-z`` without ``.npy`` is written under that very name (numpy.save would append ``.npy``)."""
+    code = main(["eval_images", str(ws / "data/particles.star"), "-w", str(ws / "run/weights.pt"), "-c",
+                 str(ws / "run/config.json"), "--out-z", str(ws / "out/zmeans"), "--out-zlogvar", str(ws / "out/lv.bin")])
+    assert code == 0, capsys.readouterr().err
+    z = np.load(ws / "out/zmeans")
+    assert z.shape == (8, 2) and np.load(ws / "out/lv.bin").shape == (8, 2)
+    assert sorted(p.name for p in (ws / "out").iterdir()) == ["lv.bin", "zmeans", "zmeans_particle_ids.txt"]
