@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 
 
 from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
-from .cliutil import (add_data_args, add_device_arg, check_finite_options, load_particle_selection,
-                      protect_argument_files, resolve_device)
+from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
+from .cliutil import check_finite_options, protect_argument_files
 from .errors import InputError, MethodError, TrainingError
 from .outputs import all_or_nothing
 

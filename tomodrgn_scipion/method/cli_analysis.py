@@ -70,6 +70,7 @@ class Analysis:
     controls: pd.DataFrame
     figures: dict[str, Figure] = field(default_factory=dict)
     volumes: list[Path] = field(default_factory=list)
+    summary: str = ""
 
 
 def embedding_2d(p: PCAResult) -> tuple[np.ndarray, str, str]:
@@ -290,7 +291,8 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
             vols += write_volumes(model.decoder, list(zt), run.box, run.pixel_size, anadir / f"pc{d}", "vol_", opts)
 
     result = Analysis(anadir, epoch, z, p, um, labels_star, km.centers_row, centers_ind, table, rho, figs, vols)
-    write_text(anadir / "summary.txt", _summary(run, result, k, skip_umap, time.monotonic() - t0))
+    result.summary = _summary(run, result, k, skip_umap, time.monotonic() - t0)
+    write_text(anadir / "summary.txt", result.summary)
     return result
 
 
@@ -337,7 +339,7 @@ def run_analyze(a: argparse.Namespace) -> None:
     opts = VolumeOptions(downsample=a.downsample, lowpass=a.lowpass, flip=a.flip, invert=a.invert)
     r = run_analysis(run, a.epoch, a.ksample, a.anadir, a.pc, a.n_per_pc, a.skip_umap, a.skip_vol, a.particles,
                      a.seed, resolve_device(a.device) if not a.skip_vol else "cpu", opts)
-    print((r.anadir / "summary.txt").read_text(), end="")
+    print(r.summary, end="")
     print(f"outputs in {r.anadir}")
 
 

@@ -11,9 +11,10 @@ from pwem.protocols import ProtImport
 from ..constants import CITE_CRYODRGN, CITE_TOMODRGN
 from ..method.errors import InputError
 from ..objects import TomoDrgnParticles
+from .protocol_base import TomoDrgnLabel
 
 
-class TomoDrgnProtImportParticles(ProtImport):
+class TomoDrgnProtImportParticles(TomoDrgnLabel, ProtImport):
     """Import particle tilt series exported by Warp/M or RELION 3.0: a star file with one row per tilt image
     (``_rlnGroupName`` = particle, ``_rlnCtfBfactor`` = -4 x dose, ``_rlnCtfScalefactor`` = cos(tilt),
     ``_rlnImageName`` = N@stack.mrcs, CTF and pose columns). Every column is kept with the set, so an
@@ -43,6 +44,11 @@ class TomoDrgnProtImportParticles(ProtImport):
 
     def importStep(self) -> None:
         from ..convert.particles import particles_from_star
+        from ..workflow import prefer_tomography_view
+
+        # a project made from the workflow template opens in the Tomography view once its import has run
+        project = self.getProject()
+        prefer_tomography_view(project.path if project is not None else os.getcwd())
 
         src = os.path.abspath(self.starFile.get())
         datadir = self.dataDir.get() or None
@@ -67,9 +73,11 @@ class TomoDrgnProtImportParticles(ProtImport):
 
     @staticmethod
     def _box(star, datadir: str | None) -> int:
+        """The box of the stacks, after checking every stack's header against its mode and size (a truncated
+        stack, or one whose header mode does not match its data, is refused with one line)."""
         from ..method.stacks import ImageSource
 
-        src = ImageSource(star.image_names[:1], star.path, datadir=datadir, lazy=True)
+        src = ImageSource(star.image_names, star.path, datadir=datadir, lazy=True)
         try:
             return int(src.box)
         finally:
@@ -87,7 +95,7 @@ class TomoDrgnProtImportParticles(ProtImport):
         if self.dataDir.get() and not os.path.isdir(self.dataDir.get()):
             return [f"{self.dataDir.get()}: image stacks folder not found"]
         try:
-            TiltSeriesStar(path)
+            self._box(TiltSeriesStar(path), self.dataDir.get() or None)
         except InputError as exc:
             return [str(exc)]
         return []
