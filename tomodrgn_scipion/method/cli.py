@@ -17,8 +17,8 @@ from typing import Callable, Sequence
 
 from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
 from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
-from .cliutil import check_finite_options, protect_argument_files
 from .errors import InputError, MethodError, TrainingError
+from .cliutil import check_finite_options, protect_argument_files
 from .outputs import all_or_nothing
 
 log = logging.getLogger("tomodrgn_scipion")
@@ -122,6 +122,10 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
 
 
+#: What ``backproject -o MAP.mrc`` writes beside ``MAP.mrc``.
+BACKPROJECT_SUFFIXES = ("_half1.mrc", "_half2.mrc", "_filtered.mrc", "_fsc.csv", "_fsc.png")
+
+
 def run_backproject(a: argparse.Namespace) -> None:
     """Run ``backproject``."""
     from .backproject import backproject
@@ -136,18 +140,18 @@ def run_backproject(a: argparse.Namespace) -> None:
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
                           window=a.window, window_r=tuple(a.window_r))
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
+    check_outputs([out] + [Path(f"{out.with_suffix('')}{s}") for s in BACKPROJECT_SUFFIXES])
     if len(sel) < 2:
         raise InputError("at least two particles are needed for half maps and FSC")
     log.info("%s: %d particles, %d tilt images, box %d px, %g A/px", a.particles, data.n_particles, data.n_images,
              data.box, data.pixel_size)
+    r = backproject(data, sel, pad=a.pad, dose_weight=a.recon_dose_weight, tilt_weight=a.recon_tilt_weight,
+                    dose_mask=a.l_dose_mask, batch_images=a.batch_size, device=a.device)
     stem = out.with_suffix("")
     paths = {
         "map": out, "half1": Path(f"{stem}_half1.mrc"), "half2": Path(f"{stem}_half2.mrc"),
         "filtered": Path(f"{stem}_filtered.mrc"), "fsc_csv": Path(f"{stem}_fsc.csv"), "fsc_png": Path(f"{stem}_fsc.png"),
     }
-    check_outputs(paths.values())
-    r = backproject(data, sel, pad=a.pad, dose_weight=a.recon_dose_weight, tilt_weight=a.recon_tilt_weight,
-                    dose_mask=a.l_dose_mask, batch_images=a.batch_size, device=a.device)
     write_mrc(paths["map"], r.full, r.pixel_size)
     write_mrc(paths["half1"], r.half1, r.pixel_size)
     write_mrc(paths["half2"], r.half2, r.pixel_size)

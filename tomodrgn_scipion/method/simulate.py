@@ -31,7 +31,6 @@ import torch
 
 from . import fft
 from .imaging import ImagingParams
-from .errors import InputError
 from .outputs import write_text
 from .progress import Progress
 from .projection import Projector, SliceGeometry
@@ -110,6 +109,8 @@ class SimulationConfig:
 
     def check(self) -> None:
         """Raise :class:`InputError` for values no microscope has (each would give NaN or nonsense images)."""
+        from .errors import InputError
+
         rules = [
             ("--voltage", self.voltage, self.voltage > 0, "> 0 kV"),
             ("--pixel-size", self.pixel_size, self.pixel_size > 0, "> 0 A"),

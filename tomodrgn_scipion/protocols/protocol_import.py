@@ -11,10 +11,9 @@ from pwem.protocols import ProtImport
 from ..constants import CITE_CRYODRGN, CITE_TOMODRGN
 from ..method.errors import InputError
 from ..objects import TomoDrgnParticles
-from .protocol_base import TomoDrgnLabel
 
 
-class TomoDrgnProtImportParticles(TomoDrgnLabel, ProtImport):
+class TomoDrgnProtImportParticles(ProtImport):
     """Import particle tilt series exported by Warp/M or RELION 3.0: a star file with one row per tilt image
     (``_rlnGroupName`` = particle, ``_rlnCtfBfactor`` = -4 x dose, ``_rlnCtfScalefactor`` = cos(tilt),
     ``_rlnImageName`` = N@stack.mrcs, CTF and pose columns). Every column is kept with the set, so an
@@ -119,3 +118,10 @@ class TomoDrgnProtImportParticles(TomoDrgnLabel, ProtImport):
 
         super().__init__(**kwargs)
         self.summaryVar = String()
+
+    @classmethod
+    def getClassLabel(cls, prependPackageName: bool = True) -> str:
+        """"tomoDRGN - import particle tilt series", as :class:`.protocol_base.TomoDrgnLabel` names the others."""
+        from .protocol_base import TomoDrgnLabel
+
+        return TomoDrgnLabel.getClassLabel.__func__(cls, prependPackageName)
