@@ -97,6 +97,8 @@ class TomoDrgnProtImportParticles(ProtImport):
             self._box(TiltSeriesStar(path), self.dataDir.get() or None)
         except InputError as exc:
             return [str(exc)]
+        except OSError as exc:
+            return [f"{exc.filename or path}: cannot read ({exc.strerror or exc})"]
         return []
 
     def _summary(self) -> list[str]:

@@ -211,11 +211,13 @@ def file_size_limit(nbytes: int):
 
 
 @contextlib.contextmanager
-def small_tmpfs(ws: Path, kib: int):
-    """A real full disk: a tmpfs of ``kib`` KiB at ws/full (skips where mounting is not allowed)."""
+def small_tmpfs(ws: Path, kib: int, read_only: bool = False):
+    """A real full disk: a tmpfs of ``kib`` KiB at ws/full, or a read-only one (skips where mounting is not
+    allowed; as root, permissions do not stop writes, a read-only file system does)."""
     mnt = ws / "full"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(mnt)], capture_output=True)
+    opts = f"size={kib}k" + (",ro" if read_only else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)], capture_output=True)
     if r.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
@@ -300,6 +302,11 @@ CASES = [
     Case("backproject_file_size_limit", BP, ["cannot write", "map"], outputs=BP_OUT, around=lambda w: file_size_limit(12000)),
     Case("backproject_disk_full", ["backproject", S, "-o", "{ws}/full/map.mrc"], ["no space left on the device"],
          outputs=[o.replace("out/", "full/") for o in BP_OUT], around=lambda w: small_tmpfs(w, 40)),
+    Case("backproject_read_only_file_system", ["backproject", S, "-o", "{ws}/full/map.mrc"], ["full/map.mrc", "read-only file system"],
+         outputs=[o.replace("out/", "full/") for o in BP_OUT], around=lambda w: small_tmpfs(w, 64, read_only=True)),
+    Case("simulate_disk_full_while_streaming_stacks", ["simulate", "-o", "{ws}/full/sim", "-n", "40", "--particles-per-tomogram", "20"],
+         ["tomo_000.mrcs", "no space left on the device"], outputs=["full/sim/particles.star", "full/sim/volumes/vol_000.mrc"],
+         around=lambda w: small_tmpfs(w, 512)),
     Case("train_vae_outdir_is_a_file", ["train_vae", S, "-o", S, *SMALL_VAE], ["particles.star", "must be a folder"]),
     Case("train_vae_outdir_under_a_file", ["train_vae", S, "-o", "{ws}/afile/run", *SMALL_VAE], ["cannot write"]),
     Case("train_nn_outdir_is_a_file", ["train_nn", S, "-o", "{ws}/afile", *SMALL_NN], ["afile", "must be a folder"]),
