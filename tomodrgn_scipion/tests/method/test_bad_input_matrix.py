@@ -466,3 +466,12 @@ def test_eval_images_writes_exactly_the_paths_asked_for(ws: Path, capsys):
     z = np.load(ws / "out/zmeans")
     assert z.shape == (8, 2) and np.load(ws / "out/lv.bin").shape == (8, 2)
     assert sorted(p.name for p in (ws / "out").iterdir()) == ["lv.bin", "zmeans", "zmeans_particle_ids.txt"]
+
+
+def test_resuming_from_the_final_weights_may_rewrite_them(ws: Path, capsys):
+    """``--load OUTDIR/weights.pt`` with more epochs continues the run and rewrites its final files (the
+    checkpoint being continued is the run's own, not an input to protect)."""
+    argv = ["train_vae", str(ws / "data/particles.star"), "-o", str(ws / "run"), "--load", str(ws / "run/weights.pt"),
+            *SMALL_VAE[:2], "-n", "3", *SMALL_VAE[4:]]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert torch.load(ws / "run/weights.pt", weights_only=True)["epoch"] == 3
