@@ -104,10 +104,10 @@ def resolve_device(name: str) -> str:
     return name
 
 
-#: Destinations of the options whose files a command may replace: output files (an existing one is replaced,
-#: so it is no input), and ``--load``, the checkpoint of the run being continued, whose final ``weights.pt``
-#: a longer resumed run rewrites on purpose.
-OUTPUT_DESTS = frozenset({"output", "out_z", "out_zlogvar", "outz", "outind", "load"})
+#: Destinations of the options that name output files (an existing one is replaced, so it is no input).
+#: ``--load`` is text (PATH or latest), so the checkpoint a resumed run continues, and may rewrite as its
+#: final ``weights.pt``, is not protected either.
+OUTPUT_DESTS = frozenset({"output", "out_z", "out_zlogvar", "outz", "outind"})
 
 
 def _argument_paths(a: argparse.Namespace) -> list[Path]:
