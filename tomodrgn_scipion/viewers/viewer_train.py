@@ -129,6 +129,8 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
     def _showConvergence(self, _param=None) -> list[View]:
         """``convergence_vae`` renders volumes at every examined checkpoint (seconds to minutes): off the GUI
         thread, with a progress line."""
+        if not self._hasCheckpoint():
+            return self.missing("The run has no checkpoint yet: convergence compares checkpoints.")
         return [BackgroundView(self._convergenceViews, f"{self.protocol.getRunName()}: convergence",
                                "convergence_vae: comparing the checkpoints", tkParent=self.getTkRoot())]
 
