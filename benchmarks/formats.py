@@ -1,11 +1,12 @@
 """The same simulated particles in every format: back-projection and k-means classes, figures printed.
 
-Usage: python benchmarks/formats.py [-n 400] [--epochs 12] [--outdir DIR]
+Usage: python benchmarks/formats.py [-n 400] [--epochs 12] [--outdir DIR] [--cases relion3 relion5_premultiplied ...]
 
 Simulates the two-state phantom (box 16, 11 tilts, SNR 3, tilt axis 85 degrees, one 3D origin per particle) in
 each layout of ``simulate --layout`` (plain, and CTF-premultiplied for RELION 5 and WarpTools), then for each
 prints the back-projection's correlation with the ground truth of its class mix and FSC = 0.143 resolution,
-and the agreement of ``analyze --ksample 2`` with the simulated labels after ``--epochs`` of train_vae.
+and the agreement of ``analyze --ksample 2`` with the simulated labels after ``--epochs`` of train_vae (0: back-projection
+only). On 2 CPU cores each case trains in about 5 minutes.
 """
 from __future__ import annotations
 
@@ -27,23 +28,33 @@ CASES = [("relion3", False), ("relion31", False), ("relion5", False), ("warptool
 ARCH = ["--zdim", "2", "--enc-dim-A", "64", "--enc-dim-B", "64", "--out-dim-A", "32", "--dec-dim", "64", "--seed", "0"]
 
 
+def _name(layout: str, premultiplied: bool) -> str:
+    return f"{layout}{'_premultiplied' if premultiplied else ''}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("-n", "--n-particles", type=int, default=400)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--outdir", type=Path)
+    p.add_argument("--cases", nargs="+", help="which cases (default: all): " + ", ".join(_name(*c) for c in CASES))
     a = p.parse_args()
     vols = list(two_state_phantom(16))
     mix = (vols[0] + vols[1]) / 2
     with tempfile.TemporaryDirectory() as tmp:
         root = a.outdir or Path(tmp)
         for layout, pre in CASES:
-            name = f"{layout}{'_premultiplied' if pre else ''}"
+            name = _name(layout, pre)
+            if a.cases and name not in a.cases:
+                continue
             cfg = SimulationConfig(n_particles=a.n_particles, particles_per_tomogram=16, tilt_max=45.0, tilt_step=9.0,
                                    snr=3.0, seed=11, layout=layout, premultiply=pre, tilt_axis=85.0, tilt_series_geometry=True)
             info = simulate(vols, root / name, cfg)
             r = backproject(TiltSeriesData(info["star"]), pad=2)
             corr = np.corrcoef(r.full.ravel(), mix.ravel())[0, 1]
+            if a.epochs == 0:
+                print(f"RESULT {name:24s} back-projection: corr with truth {corr:.4f}, FSC=0.143 at {r.resolution_0143:.1f} A", flush=True)
+                continue
             t0 = time.time()
             out = root / name / "vae"
             if cli_main(["train_vae", str(info["star"]), "-o", str(out), "-n", str(a.epochs), *ARCH]) != 0:

@@ -16,6 +16,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+#: The protocol tree view of scipion-em-tomo, where protocols.conf puts the tomoDRGN section.
+TOMOGRAPHY_VIEW = "Tomography"
+
 # Template fields: (protocol key, parameter, title shown by ``scipion3 template``, type, alias).
 # Types are pyworkflow.config.VarTypes: 0 string, 1 boolean, 2 path, 3 integer, 4 decimal.
 TEMPLATE_FIELDS = [
@@ -145,8 +148,38 @@ def _manager_project(name: str, fresh: bool):
     if fresh and manager.hasProject(name):
         manager.deleteProject(name)
     project = manager.createProject(name)
+    prefer_tomography_view(project.path)
+    project.getSettings().setProtocolView(TOMOGRAPHY_VIEW)  # the open project's own copy, saved with it
     os.chdir(project.path)  # protocol paths are relative to the project folder
     return project
+
+
+def prefer_tomography_view(project_path: str | os.PathLike) -> bool:
+    """Open the project at ``project_path`` in the protocol tree's "Tomography" view (where the tomoDRGN
+    section is) unless a view was chosen already: without one, Scipion shows its first view, "Protocols SPA".
+
+    The project's settings file is changed directly, so this works from a protocol's own process too.
+
+    Returns
+    -------
+    bool
+        True if the view was set.
+    """
+    from pyworkflow.constants import PROJECT_SETTINGS
+    from pyworkflow.project.config import ProjectSettings
+
+    path = os.path.join(project_path, PROJECT_SETTINGS)
+    if not os.path.isfile(path):
+        return False
+    settings = ProjectSettings.load(path)
+    try:
+        if settings.getProtocolView():
+            return False
+        settings.setProtocolView(TOMOGRAPHY_VIEW)
+        settings.write()
+    finally:
+        settings.mapper.close()
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

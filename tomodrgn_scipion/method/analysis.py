@@ -133,7 +133,10 @@ class TrainingRun:
         p = self.outdir / f"z.{epoch}.npy"
         if not p.is_file():
             raise InputError(f"{p}: not found")
-        z = np.load(p).astype(np.float32)
+        try:
+            z = np.load(p, allow_pickle=False).astype(np.float32)
+        except Exception as exc:
+            raise InputError(f"{p}: not a readable .npy array ({type(exc).__name__})") from None
         if z.ndim != 2 or len(z) != len(self.particle_ids):
             raise InputError(f"{p}: {z.shape[0] if z.ndim else 0} rows, but particle_ids.txt lists "
                              f"{len(self.particle_ids)} particles")
@@ -146,7 +149,8 @@ class TrainingRun:
         key = (epoch, device)
         if key not in self._cache:
             self._cache.clear()
-            self._cache[key] = model_from_checkpoint(load_checkpoint(self.weights_path(epoch), device), device)
+            self._cache[key] = model_from_checkpoint(load_checkpoint(self.weights_path(epoch), device), device,
+                                                    self.weights_path(epoch))
         return self._cache[key]
 
     @property
@@ -171,8 +175,12 @@ def read_loss(outdir: Path) -> dict[str, np.ndarray]:
     rows: dict[int, tuple[float, float, float]] = {}
     if csv_path.is_file():
         with open(csv_path, newline="") as fh:
-            for r in csv.DictReader(fh):
-                rows[int(r["epoch"])] = (float(r["recon"]), float(r["kl"]), float(r["total"]))
+            for i, r in enumerate(csv.DictReader(fh), 2):
+                try:
+                    rows[int(r["epoch"])] = (float(r["recon"]), float(r["kl"]), float(r["total"]))
+                except (KeyError, TypeError, ValueError):
+                    raise InputError(f"{csv_path}: line {i}: expected the columns epoch, recon, kl, total "
+                                     f"with numbers, got {dict(r)}") from None
     elif log_path.is_file():
         for line in log_path.read_text(errors="replace").splitlines():
             m = RUNLOG_EPOCH_RE.search(line)

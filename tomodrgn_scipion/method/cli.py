@@ -7,6 +7,7 @@ training run that cannot go on (non-finite loss) ends with one line and exit sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -17,6 +18,8 @@ from typing import Callable, Sequence
 from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
 from .cliutil import PARTICLES_HELP, add_data_args, add_device_arg, format_kwargs, load_particle_selection, resolve_device
 from .errors import InputError, MethodError, TrainingError
+from .cliutil import check_finite_options, protect_argument_files
+from .outputs import all_or_nothing
 
 log = logging.getLogger("tomodrgn_scipion")
 
@@ -120,7 +123,7 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     p.add_argument("-o", "--output", type=Path, required=True, help="output map (.mrc); half maps, filtered map and FSC go beside it")
     add_data_args(p)
-    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line, .pkl or .npy; 0-based, order of first appearance)")
+    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line or .npy; 0-based, order of first appearance)")
     p.add_argument("--first", type=int, help="use only the first N particles (after --ind)")
     p.add_argument("--recon-tilt-weight", action="store_true", help="weight images by cos(stage tilt)")
     p.add_argument("--recon-dose-weight", action="store_true", help="weight frequencies by their dose attenuation")
@@ -130,11 +133,15 @@ def add_backproject(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
 
 
+#: What ``backproject -o MAP.mrc`` writes beside ``MAP.mrc``.
+BACKPROJECT_SUFFIXES = ("_half1.mrc", "_half2.mrc", "_filtered.mrc", "_fsc.csv", "_fsc.png")
+
+
 def run_backproject(a: argparse.Namespace) -> None:
     """Run ``backproject``."""
     from .backproject import backproject
     from .dataset import TiltSeriesData
-    from .outputs import plot_fsc, write_fsc_csv
+    from .outputs import check_outputs, plot_fsc, write_fsc_csv
     from .stacks import write_mrc
 
     out = a.output if a.output.suffix == ".mrc" else a.output.with_suffix(".mrc")
@@ -144,6 +151,7 @@ def run_backproject(a: argparse.Namespace) -> None:
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
                           window=a.window, window_r=tuple(a.window_r), **format_kwargs(a))
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
+    check_outputs([out] + [Path(f"{out.with_suffix('')}{s}") for s in BACKPROJECT_SUFFIXES])
     if len(sel) < 2:
         raise InputError("at least two particles are needed for half maps and FSC")
     log.info("%s (%s): %d particles, %d tilt images, box %d px, %g A/px%s", a.particles, data.star.source,
@@ -212,16 +220,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     a.argv = argv
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    if a.threads:
-        import torch
-
-        torch.set_num_threads(a.threads)
     t0 = time.time()
     try:
-        COMMANDS[a.command][1](a)
+        check_finite_options(a)
+        protect_argument_files(a)
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        # training writes checkpoints as it goes (a killed run resumes from them); every other command's
+        # outputs appear together when it ends well
+        with contextlib.nullcontext() if a.command in ("train_vae", "train_nn") else all_or_nothing():
+            COMMANDS[a.command][1](a)
     except MethodError as exc:
         print(f"tomodrgn-scipion {a.command}: error: {exc}", file=sys.stderr)
         return 3 if isinstance(exc, TrainingError) else 2
+    except OSError as exc:  # an OS error no writer turned into a line of its own
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"tomodrgn-scipion {a.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tomodrgn-scipion {a.command}: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ import numpy as np
 
 from .cliutil import add_device_arg, resolve_device
 from .errors import InputError
-from .outputs import safe_name, write_text
+from .outputs import check_outputs, safe_name, write_text
 
 if TYPE_CHECKING:  # imported where used: every command's start-up would pay for pandas and matplotlib
     import pandas as pd
@@ -70,6 +70,7 @@ class Analysis:
     controls: pd.DataFrame
     figures: dict[str, Figure] = field(default_factory=dict)
     volumes: list[Path] = field(default_factory=list)
+    summary: str = ""
 
 
 def embedding_2d(p: PCAResult) -> tuple[np.ndarray, str, str]:
@@ -211,6 +212,9 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
     anadir = anadir or run.outdir / f"analyze.{epoch}"
     star = run.open_star(star_path)
     table = per_particle_table(star, run.particle_ids)
+    # everything that can be refused is read before the first file is written
+    loss = read_loss(run.outdir)
+    model = None if skip_vol else run.model(epoch, device)
     log.info("analysing epoch %d of %s: %d particles, zdim %d", epoch, run.outdir, n, zdim)
     figs: dict[str, Figure] = {}
 
@@ -270,7 +274,6 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
         ax.legend(fontsize=8)
         figs["z_pca_traversals.png"] = fig
 
-    loss = read_loss(run.outdir)
     if len(loss["epoch"]):
         figs["loss.png"] = figure_loss(loss, epoch)
 
@@ -278,14 +281,14 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
         plots.save_figure(fig, anadir / name)
 
     vols: list[Path] = []
-    if not skip_vol:
-        model = run.model(epoch, device)
+    if model is not None:
         vols += write_volumes(model.decoder, list(km.centers), run.box, run.pixel_size, kdir, "vol_", opts)
         for d, (zt, _) in trav.items():
             vols += write_volumes(model.decoder, list(zt), run.box, run.pixel_size, anadir / f"pc{d}", "vol_", opts)
 
     result = Analysis(anadir, epoch, z, p, um, labels_star, km.centers_row, centers_ind, table, rho, figs, vols)
-    write_text(anadir / "summary.txt", _summary(run, result, k, skip_umap, time.monotonic() - t0))
+    result.summary = _summary(run, result, k, skip_umap, time.monotonic() - t0)
+    write_text(anadir / "summary.txt", result.summary)
     return result
 
 
@@ -332,7 +335,7 @@ def run_analyze(a: argparse.Namespace) -> None:
     opts = VolumeOptions(downsample=a.downsample, lowpass=a.lowpass, flip=a.flip, invert=a.invert)
     r = run_analysis(run, a.epoch, a.ksample, a.anadir, a.pc, a.n_per_pc, a.skip_umap, a.skip_vol, a.particles,
                      a.seed, resolve_device(a.device) if not a.skip_vol else "cpu", opts)
-    print((r.anadir / "summary.txt").read_text(), end="")
+    print(r.summary, end="")
     print(f"outputs in {r.anadir}")
 
 
@@ -404,7 +407,7 @@ def add_filter(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     sel = p.add_mutually_exclusive_group(required=True)
-    sel.add_argument("--ind", type=Path, help="particle indices (0-based, star order; .txt one per line, .npy or .pkl)")
+    sel.add_argument("--ind", type=Path, help="particle indices (0-based, star order; .txt one per line or .npy)")
     sel.add_argument("--labels", type=Path, help="one integer label per particle, star order (e.g. kmeansK/labels.txt)")
     p.add_argument("--labels-sel", type=int, nargs="+", help="labels to select (with --labels)")
     p.add_argument("--action", choices=("keep", "drop"), default="keep",
@@ -418,23 +421,9 @@ def add_filter(p: argparse.ArgumentParser) -> None:
 
 
 def _read_ints(path: Path, what: str) -> np.ndarray:
-    if not path.is_file():
-        raise InputError(f"{path}: {what} file not found")
-    try:
-        if path.suffix == ".pkl":
-            import pickle
+    from .cliutil import read_index_file
 
-            with open(path, "rb") as fh:
-                raw = np.asarray(pickle.load(fh)).reshape(-1)
-        elif path.suffix == ".npy":
-            raw = np.load(path).reshape(-1)
-        else:
-            raw = np.loadtxt(path, ndmin=1)
-    except Exception as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc})") from None
-    if raw.size and (not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw))):
-        raise InputError(f"{path}: {what} must be integers")
-    return raw.astype(np.int64)
+    return read_index_file(path, what)
 
 
 def select_particles(n_particles: int, ind: Path | None = None, labels: Path | None = None,
@@ -508,6 +497,7 @@ def run_filter(a: argparse.Namespace) -> None:
         raise InputError(f"--tomogram {a.tomogram}: not in {a.particles} (tomograms: {', '.join(names[:10])}"
                          f"{', ...' if len(names) > 10 else ''})")
     out = a.output if a.output.suffix == ".star" else a.output.with_suffix(".star")
+    check_outputs([out] + ([out.with_name(f"{out.stem}_{safe_name(t)}.star") for t in set(tomos)] if a.tomogram else []))
     rows = filter_rows(star, parts)
     written = star.write_subset(parts, out)
     print(f"kept {len(parts)} of {star.n_particles} particles ({len(rows)} tilt images) -> {', '.join(map(str, written))}")

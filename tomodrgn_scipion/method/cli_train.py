@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +24,7 @@ log = logging.getLogger("tomodrgn_scipion")
 
 
 def _add_selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line, .pkl or .npy; 0-based, order of first appearance)")
+    p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line or .npy; 0-based, order of first appearance)")
     p.add_argument("--first", type=int, help="use only the first N particles (after --ind)")
 
 
@@ -205,7 +206,7 @@ def _load_model(a: argparse.Namespace) -> tuple["TomoModel", dict, dict]:
     cfg = read_config(a.config)
     ckpt = load_checkpoint(a.weights, device)
     check_same_architecture(a.weights, ckpt["model_config"], ModelConfig.from_dict(cfg["model"]))
-    return model_from_checkpoint(ckpt, device), cfg, ckpt
+    return model_from_checkpoint(ckpt, device, a.weights), cfg, ckpt
 
 
 def add_eval_vol(p: argparse.ArgumentParser) -> None:
@@ -246,9 +247,23 @@ def read_z(path: Path, zdim: int | None = None) -> np.ndarray:
     return z
 
 
+def check_prefix(prefix: str, outdir: Path) -> None:
+    """A file-name prefix must name files directly in ``outdir`` (no folder part, no ``..``).
+
+    Raises
+    ------
+    InputError
+        For a prefix with ``/``, a path separator or a leading ``.``.
+    """
+    if not prefix or os.sep in prefix or "/" in prefix or (os.altsep and os.altsep in prefix) or prefix.startswith("."):
+        raise InputError(f"--prefix {prefix!r}: must be a plain file-name prefix (no folder, no leading '.'); "
+                         f"the files go into -o {outdir}")
+
+
 def run_eval_vol(a: argparse.Namespace) -> None:
     """Run ``eval_vol``."""
     from .generate import VolumeOptions, write_volumes
+    from .outputs import check_outputs
 
     model, cfg, _ = _load_model(a)
     zdim, box = model.cfg.zdim, model.cfg.box
@@ -264,8 +279,12 @@ def run_eval_vol(a: argparse.Namespace) -> None:
         zs = [np.asarray(a.z, dtype=np.float32)]
     else:
         raise InputError(f"{a.weights}: a model with zdim {zdim} needs --zfile or -z")
+    if not np.isfinite(np.concatenate([np.ravel(z) for z in zs if z is not None] or [np.zeros(1)])).all():
+        raise InputError("-z: not finite numbers")
     opts = VolumeOptions(downsample=a.downsample, lowpass=a.lowpass, flip=a.flip, invert=a.invert)
     out_box = opts.out_box(box)
+    check_prefix(a.prefix, a.outdir)
+    check_outputs(a.outdir / f"{a.prefix}{i:03d}.mrc" for i in range(len(zs)))
     pixel = float(cfg["data"]["pixel_size"]) * box / out_box
     paths = write_volumes(model.decoder, zs, box, float(cfg["data"]["pixel_size"]), a.outdir, a.prefix, opts)
     print(f"wrote {len(paths)} volume(s) of {out_box}^3 at {pixel:g} A/px to {a.outdir}")
@@ -287,7 +306,7 @@ def add_eval_images(p: argparse.ArgumentParser) -> None:
 def run_eval_images(a: argparse.Namespace) -> None:
     """Run ``eval_images``: embed particles with a trained encoder."""
     from .dataset import TiltSeriesData
-    from .outputs import write_text
+    from .outputs import check_outputs, write_text
     from .particles import ParticleTiltData
     from .training import infer_z, save_npy
 
@@ -307,10 +326,14 @@ def run_eval_images(a: argparse.Namespace) -> None:
         raise InputError(f"{a.particles}: images are {data.box} px, the model was trained on {model.cfg.box} px")
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
     pdata = ParticleTiltData(data, sel, ntilts=model.cfg.ntilts, norm=float(ckpt["norm"]), device=str(next(model.parameters()).device))
+    ids = a.out_z.with_name(a.out_z.stem + "_particle_ids.txt")
+    outs = [a.out_z, ids] + ([a.out_zlogvar] if a.out_zlogvar else [])
+    if len({str(p.resolve()) for p in outs}) < len(outs):
+        raise InputError(f"--out-z {a.out_z} and --out-zlogvar {a.out_zlogvar}: the same file; give two names")
+    check_outputs(outs)
     mu, logvar = infer_z(model, pdata, a.batch_size)
     save_npy(mu, a.out_z)
     if a.out_zlogvar:
         save_npy(logvar, a.out_zlogvar)
-    ids = a.out_z.with_name(a.out_z.stem + "_particle_ids.txt")
     write_text(ids, "\n".join(pdata.particle_ids) + "\n")
     print(f"embedded {pdata.n_particles} particles ({pdata.n_dropped} dropped with fewer than {pdata.ntilts} tilts): {a.out_z}, ids: {ids}")

@@ -47,31 +47,63 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="inner and outer radius of the window, fractions of half the box (default: 0.85 0.99)")
 
 
+def read_index_file(path: Path, what: str = "particle indices") -> np.ndarray:
+    """Whole numbers from a text file (one per line, ``#`` comments) or a ``.npy`` array, int64, shape (N,).
+
+    Pickles (``.pkl``, tomoDRGN's format) are refused rather than unpickled: unpickling a file can run
+    any code it holds. ``1.5`` is refused rather than read as 1.
+    """
+    if not path.is_file():
+        raise InputError(f"{path}: index file not found")
+    if path.suffix == ".pkl":
+        raise InputError(f"{path}: pickle files are not read (unpickling can run code); write the {what} "
+                         f"as text, one per line, or as .npy, e.g. python -c \"import pickle, numpy; "
+                         f"numpy.savetxt('ind.txt', pickle.load(open('{path.name}', 'rb')), fmt='%d')\"")
+    try:
+        if path.suffix == ".npy":
+            raw = np.load(path, allow_pickle=False)
+        else:
+            raw = np.loadtxt(path, dtype=np.float64, ndmin=1, comments="#")
+    except Exception as exc:
+        raise InputError(f"{path}: cannot read {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    raw = np.asarray(raw).reshape(-1)
+    if raw.dtype.kind not in "iuf":
+        raise InputError(f"{path}: {what} must be numbers, got an array of {raw.dtype}")
+    bad = ~np.isfinite(raw.astype(np.float64)) | (raw != np.round(raw))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(f"{path}: row {i + 1}: {raw[i]!r} is not a whole number")
+    return raw.astype(np.int64)
+
+
 def load_particle_selection(path: Path | None, first: int | None, n_particles: int) -> np.ndarray:
-    """Particle numbers from an index file (``.txt``: one integer per line, or ``.pkl``/``.npy``)."""
+    """Particle numbers from an index file (``.txt``: one integer per line, or ``.npy``), then the first N.
+
+    Raises
+    ------
+    InputError
+        For indices out of range, repeated, not whole numbers, a pickle, ``--first`` below 1 or an empty
+        selection.
+    """
     sel = np.arange(n_particles)
     if path is not None:
-        if not path.is_file():
-            raise InputError(f"{path}: index file not found")
-        try:
-            if path.suffix == ".pkl":
-                import pickle
-
-                with open(path, "rb") as fh:
-                    sel = np.asarray(pickle.load(fh), dtype=np.int64).reshape(-1)
-            elif path.suffix == ".npy":
-                sel = np.load(path).astype(np.int64).reshape(-1)
-            else:
-                sel = np.loadtxt(path, dtype=np.int64, ndmin=1)
-        except Exception as exc:
-            raise InputError(f"{path}: cannot read particle indices ({exc})") from None
+        sel = read_index_file(path)
         bad = (sel < 0) | (sel >= n_particles)
         if bad.any():
-            raise InputError(f"{path}: particle index {sel[bad][0]} out of range 0..{n_particles - 1}")
+            i = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{path}: row {i + 1}: particle index {sel[i]} out of range 0..{n_particles - 1}")
+        _, first_at, counts = np.unique(sel, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            dup = int(np.flatnonzero(counts > 1)[0])
+            i = int(first_at[dup])
+            again = int(np.flatnonzero(sel == sel[i])[1])
+            raise InputError(f"{path}: row {again + 1}: particle index {sel[i]} repeats row {i + 1}")
     if first is not None:
+        if first < 1:
+            raise InputError(f"--first {first}: must be >= 1")
         sel = sel[:first]
     if len(sel) == 0:
-        raise InputError("no particles selected")
+        raise InputError(f"{path}: no particles selected (the index file is empty)" if path else "no particles selected")
     return sel
 
 
@@ -98,3 +130,51 @@ def resolve_device(name: str) -> str:
     except RuntimeError:
         raise InputError(f"--device {name}: not a torch device (use auto, cpu, cuda or cuda:N)") from None
     return name
+
+
+#: Destinations of the options that name output files (an existing one is replaced, so it is no input).
+#: ``--load`` is text (PATH or latest), so the checkpoint a resumed run continues, and may rewrite as its
+#: final ``weights.pt``, is not protected either.
+OUTPUT_DESTS = frozenset({"output", "out_z", "out_zlogvar", "outz", "outind"})
+
+
+def _argument_paths(a: argparse.Namespace) -> list[Path]:
+    out: list[Path] = []
+    for dest, value in vars(a).items():
+        if dest in OUTPUT_DESTS:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, Path):
+                out.append(v)
+    return out
+
+
+def protect_argument_files(a: argparse.Namespace) -> None:
+    """Start a command: every existing file named on its command line is an input no output may replace
+    (:func:`.outputs.protect_inputs`); files inside folders given as input are protected where they are read."""
+    from .outputs import forget_inputs, protect_inputs
+
+    forget_inputs()
+    protect_inputs(*_argument_paths(a))
+
+
+def check_finite_options(a: argparse.Namespace) -> None:
+    """Every number given as an option must be finite (``nan`` and ``inf`` parse as floats), the window
+    radii ordered, and ``--threads`` at least 1.
+
+    Raises
+    ------
+    InputError
+        Naming the option, e.g. ``--lowpass nan: not a finite number``.
+    """
+    for dest, value in vars(a).items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, float) and not np.isfinite(v):
+                flag = f"-{dest}" if len(dest) == 1 else f"--{dest.replace('_', '-')}"
+                raise InputError(f"{flag} {v}: not a finite number")
+    if getattr(a, "window_r", None) is not None and getattr(a, "window", True):
+        lo, hi = a.window_r
+        if not 0 <= lo < hi <= 1:
+            raise InputError(f"--window-r {lo:g} {hi:g}: expected 0 <= IN < OUT <= 1 (fractions of half the box)")
+    if getattr(a, "threads", None) is not None and a.threads < 1:
+        raise InputError(f"--threads {a.threads}: must be >= 1")

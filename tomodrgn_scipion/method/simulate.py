@@ -128,6 +128,27 @@ class SimulationConfig:
         cannot say anything else)."""
         return self.tilt_series_geometry or self.particle_series
 
+    def check(self) -> None:
+        """Raise :class:`InputError` for values no microscope has (each would give NaN or nonsense images)."""
+        from .errors import InputError
+
+        rules = [
+            ("--voltage", self.voltage, self.voltage > 0, "> 0 kV"),
+            ("--pixel-size", self.pixel_size, self.pixel_size > 0, "> 0 A"),
+            ("--cs", self.cs, self.cs >= 0, ">= 0 mm"),
+            ("--amplitude-contrast", self.amplitude_contrast, 0 <= self.amplitude_contrast < 1, "in [0, 1)"),
+            ("--dose-per-tilt", self.dose_per_tilt, self.dose_per_tilt >= 0, ">= 0 e/A^2"),
+            ("--defocus-min", self.defocus_min, self.defocus_min >= 0, ">= 0 A (underfocus is positive)"),
+            ("--defocus-max", self.defocus_max, self.defocus_max >= self.defocus_min,
+             f">= --defocus-min {self.defocus_min:g}"),
+            ("--astigmatism", self.astigmatism, self.astigmatism >= 0, ">= 0 A"),
+            ("--shift-std", self.shift_std, self.shift_std >= 0, ">= 0 px"),
+            ("--tilt-max", self.tilt_max, 0 <= self.tilt_max < 90, "in [0, 90) degrees"),
+        ]
+        for flag, value, ok, what in rules:
+            if not (ok and np.isfinite(value)):
+                raise InputError(f"{flag} {value:g}: must be {what}")
+
 
 def _rz(angle_deg: float) -> torch.Tensor:
     """Active right-handed rotation about z by ``angle_deg`` (RELION 5's ZRot), shape (3, 3)."""
@@ -285,6 +306,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     dict
         Paths written (``star``, ``volume_star``, ``volumes``) and counts.
     """
+    cfg.check()
     out = Path(out_dir)
     d = volumes[0].shape[-1]
     if any(v.shape != (d, d, d) for v in volumes):

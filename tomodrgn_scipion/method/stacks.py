@@ -1,8 +1,11 @@
 """MRC image stacks named by ``N@path.mrcs`` (1-based), read with mrcfile, memory-mapped.
 
 Paths resolve relative to the star file's folder first, then to ``--datadir`` (as written, then by
-file name alone). Stacks may be shared by many particles or hold one particle each; float16 and
-float32 (and the integer MRC modes) are read as float32.
+file name alone). Stacks may be shared by many particles or hold one particle each. Float32 (MRC mode 2)
+and float16 (mode 12) are read as float32; the integer modes 0 (int8), 1 (int16) and 6 (uint16) are
+converted to float32 value for value (no scaling), as the counts they hold. Other modes (complex, 4-bit)
+are refused, and so is a file whose size is not what its header says (a truncated stack, or a header
+whose mode does not match the data), and an image with a NaN or infinite pixel.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .outputs import atomic_path, atomic_write
+from .outputs import atomic_path, atomic_write, os_error_line, protect_inputs
 
 
 class ImageSource:
@@ -46,6 +49,10 @@ class ImageSource:
     """
 
     MAX_OPEN = 64
+    #: MRC modes read, and the bytes per pixel of each.
+    MODES = {0: 1, 1: 2, 2: 4, 6: 2, 12: 2}
+    MODE_NAMES = {0: "int8", 1: "int16", 2: "float32", 3: "complex int16", 4: "complex float32", 6: "uint16",
+                  12: "float16", 101: "4-bit"}
 
     def __init__(self, image_names: Sequence[str], star_path: str | os.PathLike,
                  datadir: str | os.PathLike | None = None, lazy: bool = False,
@@ -84,6 +91,7 @@ class ImageSource:
                 raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
             self.paths.append(path)
             counts.append(count)
+        protect_inputs(*self.paths)
         beyond = (self.index < 0) | (self.index >= np.asarray(counts, dtype=np.int64)[self.stack_of])
         if beyond.any():
             row = int(np.flatnonzero(beyond)[0])
@@ -116,18 +124,33 @@ class ImageSource:
         hint = "" if self.datadir is not None else "; pass --datadir if the stacks are elsewhere"
         raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where}){hint}")
 
-    @staticmethod
-    def _header_shape(path: Path) -> tuple[int, int, int]:
-        """(number of images, ny, nx) from the MRC header alone."""
+    @classmethod
+    def _header_shape(cls, path: Path) -> tuple[int, int, int]:
+        """(number of images, ny, nx) from the MRC header, checked against the mode and the file size."""
         try:
             with warnings.catch_warnings():
                 # Many EM programs write headers that mrcfile only accepts in permissive mode.
                 warnings.simplefilter("ignore", RuntimeWarning)
                 with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
                     h = mrc.header
-                    return int(h.nz), int(h.ny), int(h.nx)
+                    nz, ny, nx, mode, ext = int(h.nz), int(h.ny), int(h.nx), int(h.mode), int(h.nsymbt)
         except Exception as exc:
             raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+        if mode not in cls.MODES:
+            name = cls.MODE_NAMES.get(mode, "unknown")
+            raise InputError(f"{path}: MRC mode {mode} ({name}) is not an image mode read here "
+                             f"(float32, float16, int8, int16, uint16)")
+        if min(nx, ny, nz) < 1:
+            raise InputError(f"{path}: the header says {nz} images of {nx} x {ny} pixels; an empty stack")
+        expected = 1024 + ext + nx * ny * nz * cls.MODES[mode]
+        size = path.stat().st_size
+        if size < expected:
+            raise InputError(f"{path}: truncated: {size} bytes, but the header ({nz} images of {nx} x {ny}, "
+                             f"{cls.MODE_NAMES[mode]}) needs {expected}")
+        if size > expected:
+            raise InputError(f"{path}: {size} bytes, more than the {expected} its header ({nz} images of {nx} x {ny}, "
+                             f"{cls.MODE_NAMES[mode]}) describes; the mode or size in the header does not match the data")
+        return nz, ny, nx
 
     def _stack(self, s: int) -> np.ndarray:
         """Memory map of stack ``s``, shape (n, D, D); at most MAX_OPEN files stay open (one stack
@@ -153,6 +176,12 @@ class ImageSource:
             idx = self.index[rows[sel]]
             order = np.argsort(idx, kind="stable")
             out[sel[order]] = self._stack(int(s))[idx[order]]
+        finite = np.isfinite(out).all(axis=(1, 2))
+        if not finite.all():
+            i = int(np.flatnonzero(~finite)[0])
+            row = int(rows[i])
+            raise InputError(f"{self.paths[self.stack_of[row]]}: image {self.index[row] + 1} (star row {row + 1}) "
+                             f"has NaN or infinite pixels")
         return out
 
     def close(self) -> None:
@@ -179,6 +208,20 @@ class ImageSource:
         return self._read(rows)
 
 
+def check_finite(path: str | os.PathLike, data: np.ndarray) -> None:
+    """Refuse to write an array with NaN or infinite values (they come from bad input, never from the method).
+
+    Raises
+    ------
+    InputError
+        Naming ``path`` and the number of such values.
+    """
+    bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise InputError(f"{path}: not written: {bad} of {np.size(data)} values would be NaN or infinite; "
+                         f"check the input images and the numeric options")
+
+
 def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float) -> None:
     """Write an image stack or a volume as MRC (float32), atomically, with the pixel size in the header.
 
@@ -190,6 +233,7 @@ def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float) -> N
     pixel_size : float
         A per pixel.
     """
+    check_finite(path, data)
     with atomic_write(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
         mrc.set_data(np.ascontiguousarray(data, dtype=np.float32))
         if Path(path).suffix == ".mrcs":
@@ -214,12 +258,27 @@ class StackWriter:
 
     def __init__(self, path: str | os.PathLike, n: int, box: int, pixel_size: float):
         self.tmp, self.path = atomic_path(path)
-        self.mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        try:
+            self.mrc = mrcfile.new_mmap(self.tmp, shape=(n, box, box), mrc_mode=2, overwrite=True)
+        except OSError as exc:
+            os.unlink(self.tmp)
+            raise InputError(os_error_line(self.path, exc)) from None
+        try:
+            # Reserve the space now: writing into a sparse memory map on a full disk dies of SIGBUS.
+            fd = os.open(self.tmp, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self.abort()
+            raise InputError(os_error_line(self.path, exc)) from None
         self.mrc.set_image_stack()
         self.mrc.voxel_size = pixel_size
 
     def write(self, start: int, images: np.ndarray) -> None:
         """Put ``images`` (B, D, D) at positions ``start .. start + B - 1`` (0-based)."""
+        check_finite(self.path, images)
         self.mrc.data[start:start + len(images)] = images
 
     def close(self) -> None:

@@ -33,7 +33,7 @@ import torch
 
 from .errors import InputError, TrainingError
 from .models import ModelConfig, TomoModel, render_volume
-from .outputs import atomic_path, atomic_write, write_text
+from .outputs import atomic_write, write_text
 from .particles import Batch, ParticleTiltData
 from .progress import Progress
 
@@ -41,6 +41,11 @@ log = logging.getLogger(__name__)
 Tensor = torch.Tensor
 
 CHECKPOINT_RE = re.compile(r"^weights\.(\d+)\.pt$")
+#: Entries of every checkpoint :func:`train` writes.
+CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "model_config", "norm")
+#: The lock file of a training folder (held with ``flock`` while a run writes there; the kernel drops it
+#: when the process dies, so a killed run never blocks the next).
+LOCK_NAME = ".train.lock"
 
 
 # ------------------------------------------------------------------------------------------ beta
@@ -180,20 +185,24 @@ def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64) -> t
 
 # ------------------------------------------------------------------------------------ checkpoints
 def save_torch(obj: dict, path: Path) -> None:
-    """``torch.save`` atomically."""
-    tmp, final = atomic_path(path)
-    try:
+    """``torch.save`` atomically (an OS error is one line; the file it would replace is left as it was)."""
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_npy(array: np.ndarray, path: Path) -> None:
-    """``numpy.save`` atomically."""
-    with atomic_write(path) as tmp:
-        np.save(tmp, array)
+    """``numpy.save`` atomically, to exactly ``path`` (``numpy.save`` given a name would append ``.npy``).
+
+    Raises
+    ------
+    InputError
+        If ``array`` holds NaN or infinity, or the file cannot be written.
+    """
+    from .stacks import check_finite
+
+    check_finite(path, array)
+    with atomic_write(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def latest_checkpoint(outdir: Path) -> Path:
@@ -215,6 +224,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise InputError(f"{path}: not a tomodrgn-scipion checkpoint ({type(exc).__name__})") from None
     if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
         raise InputError(f"{path}: not a tomodrgn-scipion checkpoint (no model configuration)")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["model_config"], dict):
+        raise InputError(f"{path}: not a complete tomodrgn-scipion checkpoint (missing {', '.join(missing) or 'a model configuration'})")
     return ckpt
 
 
@@ -227,10 +239,14 @@ def check_same_architecture(path: Path, saved: dict, wanted: ModelConfig) -> Non
                          f"resume with the same model options")
 
 
-def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu") -> TomoModel:
-    """Rebuild a model and load its weights."""
-    model = ModelConfig.from_dict(ckpt["model_config"]).build().to(device)
-    model.load_state_dict(ckpt["model"])
+def model_from_checkpoint(ckpt: dict, device: str | torch.device = "cpu", path: Path | None = None) -> TomoModel:
+    """Rebuild a model and load its weights (weights that do not fit the configuration are an :class:`InputError`)."""
+    try:
+        model = ModelConfig.from_dict(ckpt["model_config"]).build().to(device)
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path or 'checkpoint'}: weights do not fit the model configuration they were saved with ({first[:160]})") from None
     model.eval()
     return model
 
@@ -250,8 +266,14 @@ class EpochStats:
 def _read_history(path: Path, up_to: int) -> list[EpochStats]:
     if not path.is_file():
         return []
+    rows = []
     with open(path, newline="") as fh:
-        rows = [EpochStats(**{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}) for r in csv.DictReader(fh)]
+        for i, r in enumerate(csv.DictReader(fh), 2):
+            try:
+                rows.append(EpochStats(**{k: (int(v) if k == "epoch" else float(v)) for k, v in r.items()}))
+            except (TypeError, ValueError):
+                raise InputError(f"{path}: line {i}: not a loss.csv row of train_vae ({', '.join(f'{k}={v}' for k, v in r.items())[:120]}); "
+                                 f"resume with --load PATH after moving it away") from None
     return [r for r in rows if r.epoch <= up_to]
 
 
@@ -310,10 +332,57 @@ def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDat
     """
     settings.check()
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    with training_lock(outdir):
+        return _train_locked(model_cfg, settings, data, outdir, data_cfg, extra, load)
+
+
+@contextlib.contextmanager
+def training_lock(outdir: Path):
+    """Create ``outdir`` and hold its lock file; remove what killed runs left there under temporary names.
+
+    Raises
+    ------
+    InputError
+        If ``outdir`` is a file or cannot be created, or another run holds the lock.
+    """
+    import fcntl
+
+    from .outputs import os_error_line, remove_stale_temporaries
+
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"{outdir}: -o must be a folder, but this is a file")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(outdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise InputError(os_error_line(outdir, exc)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise InputError(f"{outdir}: another training run (pid {holder}) is writing into this folder; "
+                             f"wait for it to end or choose another -o") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        for p in remove_stale_temporaries(outdir):
+            log.info("removed %s, left by a run that was stopped", p.name)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _train_locked(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path,
+                  data_cfg: dict, extra: dict | None, load: str | None) -> list[EpochStats]:
+    from .outputs import check_outputs
+
     device = data.device
     vae = model_cfg.zdim > 0
-    handler = logging.FileHandler(outdir / "run.log")
+    epochs = range(1, settings.num_epochs + 1)
+    check_outputs([outdir / n for n in ("config.json", "particle_ids.txt", "loss.csv", "run.log")]
+                  + [outdir / n for e in epochs for n in _output_names(e, vae, e == settings.num_epochs)])
+    # delay: a run refused while it loads leaves no run.log behind
+    handler = logging.FileHandler(outdir / "run.log", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
     root = logging.getLogger("tomodrgn_scipion")
     level = root.level
@@ -349,8 +418,14 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
         for group in optim.param_groups:  # the command line, not the checkpoint, sets these
             group["lr"], group["weight_decay"] = settings.lr, settings.wd
         start_epoch = int(ckpt["epoch"])
+        _check_same_particles(outdir, data)
         history = _read_history(outdir / "loss.csv", start_epoch)
         log.info("resuming from %s after epoch %d", path, start_epoch)
+        if start_epoch == settings.num_epochs and _final_files_missing(outdir, start_epoch, vae):
+            # killed between the last checkpoint and the final files: write what is missing
+            _checkpoint(model, optim, scaler, start_epoch, data, outdir, settings, final=True, only_missing=True)
+            log.info("finished the final files of epoch %d", start_epoch)
+            return history
         if start_epoch >= settings.num_epochs:
             raise InputError(f"{path}: already trained {start_epoch} epochs; ask for more with -n/--num-epochs")
 
@@ -424,29 +499,58 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
     return history
 
 
+def _output_names(epoch: int, vae: bool, final: bool) -> list[str]:
+    """Files of a checkpoint, in the order they are written (the weights first: a run resumes from them)."""
+    suffixes = [f".{epoch}"] + ([""] if final else [])
+    arrays = [f"{n}{s}.npy" for s in suffixes for n in ("z", "z_logvar")] if vae else [f"reconstruct{s}.mrc" for s in suffixes]
+    return [f"weights{s}.pt" for s in suffixes] + arrays
+
+
+def _final_files_missing(outdir: Path, epoch: int, vae: bool) -> bool:
+    return any(not (outdir / n).is_file() for n in _output_names(epoch, vae, final=True))
+
+
+def _check_same_particles(outdir: Path, data: ParticleTiltData) -> None:
+    """A resumed run must train on the particles of the run it continues (else z files of different runs mix)."""
+    ids_path = outdir / "particle_ids.txt"
+    if not ids_path.is_file():
+        return
+    before = ids_path.read_text(errors="replace").split()
+    if before != list(data.particle_ids):
+        diff = next((i for i, (a, b) in enumerate(zip(before, data.particle_ids)) if a != b), min(len(before), len(data.particle_ids)))
+        raise InputError(f"{ids_path}: the run being resumed trained on {len(before)} particles, this command selects "
+                         f"{len(data.particle_ids)} (first difference at particle {diff + 1}); resume with the same star "
+                         f"file, --ind and --first, or train into a new -o")
+
+
 def _checkpoint(model: TomoModel, optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, epoch: int,
-                data: ParticleTiltData, outdir: Path,
-                settings: TrainSettings, final: bool) -> None:
+                data: ParticleTiltData, outdir: Path, settings: TrainSettings, final: bool,
+                only_missing: bool = False) -> None:
     state = {
         "epoch": epoch, "model": model.state_dict(), "optimizer": optim.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "model_config": model.cfg.to_dict(), "norm": data.norm,
     }
-    names = [f"weights.{epoch}.pt"] + (["weights.pt"] if final else [])
-    for name in names:
-        save_torch(state, outdir / name)
-    if model.cfg.zdim > 0:
-        mu, logvar = infer_z(model, data, max(settings.batch_size, 64))
-        for suffix in [f".{epoch}"] + ([""] if final else []):
-            save_npy(mu, outdir / f"z{suffix}.npy")
-            save_npy(logvar, outdir / f"z_logvar{suffix}.npy")
-    else:
-        from .stacks import write_mrc
+    names = _output_names(epoch, model.cfg.zdim > 0, final)
+    todo = [n for n in names if not (only_missing and (outdir / n).is_file())]
+    arrays: dict[str, np.ndarray] = {}
+    if any(not n.endswith(".pt") for n in todo):
+        if model.cfg.zdim > 0:
+            mu, logvar = infer_z(model, data, max(settings.batch_size, 64))
+            arrays = {"z": mu, "z_logvar": logvar}
+        else:
+            model.eval()
+            arrays = {"reconstruct": render_volume(model.decoder, None, model.cfg.box).cpu().numpy()}
+    for name in todo:
+        path = outdir / name
+        if name.endswith(".pt"):
+            save_torch(state, path)
+        elif name.endswith(".npy"):
+            save_npy(arrays[name.split(".")[0]], path)
+        else:
+            from .stacks import write_mrc
 
-        model.eval()
-        vol = render_volume(model.decoder, None, model.cfg.box).cpu().numpy()
-        for suffix in [f".{epoch}"] + ([""] if final else []):
-            write_mrc(outdir / f"reconstruct{suffix}.mrc", vol, data.data.pixel_size)
+            write_mrc(path, arrays["reconstruct"], data.data.pixel_size)
     log.info("checkpoint %s written", names[0])
 
 

@@ -30,7 +30,7 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
     resolution at FSC 0.143. A quick check of the imported poses, and a reference for the heterogeneous
     volumes."""
 
-    _label = "back-project (homogeneous map)"
+    _label = "back-project"
     _possibleOutputs = {"outputVolume": Volume, "outputFSC": FSC}
     MAP_NAME = "map"
 

@@ -20,7 +20,22 @@ def quote(args: Iterable[object]) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
-class TomoDrgnProtBase(EMProtocol):
+#: What the protocol tree, run boxes and form headers show before each protocol's ``_label``.
+LABEL_PREFIX = "tomoDRGN - "
+
+
+class TomoDrgnLabel:
+    """Readable names: "tomoDRGN - train VAE" where Scipion would show "tomodrgn_scipion - train VAE", whose
+    package name fills a narrow tree panel so that every entry looks the same."""
+
+    @classmethod
+    def getClassLabel(cls, prependPackageName: bool = True) -> str:
+        """``_label``, after "tomoDRGN - " unless ``prependPackageName`` is False."""
+        label = cls.__dict__.get("_label", cls.__name__)
+        return f"{LABEL_PREFIX}{label}" if prependPackageName else label
+
+
+class TomoDrgnProtBase(TomoDrgnLabel, EMProtocol):
     """Base of the tomoDRGN protocols: not shown in the protocol tree."""
 
     _label = None  # abstract: no entry in the GUI

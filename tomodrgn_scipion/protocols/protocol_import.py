@@ -54,6 +54,11 @@ class TomoDrgnProtImportParticles(ProtImport):
 
     def importStep(self) -> None:
         from ..convert.particles import particles_from_star
+        from ..workflow import prefer_tomography_view
+
+        # a project made from the workflow template opens in the Tomography view once its import has run
+        project = self.getProject()
+        prefer_tomography_view(project.path if project is not None else os.getcwd())
 
         src = os.path.abspath(self.starFile.get())
         datadir = self.dataDir.get() or None
@@ -90,9 +95,11 @@ class TomoDrgnProtImportParticles(ProtImport):
 
     @staticmethod
     def _box(star, datadir: str | None) -> int:
+        """The box of the stacks, after checking every stack's header against its mode and size (a truncated
+        stack, or one whose header mode does not match its data, is refused with one line)."""
         from ..method.stacks import ImageSource
 
-        src = ImageSource(star.image_names[:1], star.image_anchor, datadir=datadir, lazy=True, named_in=star.path)
+        src = ImageSource(star.image_names, star.image_anchor, datadir=datadir, lazy=True, named_in=star.path)
         try:
             return int(src.box)
         finally:
@@ -113,9 +120,12 @@ class TomoDrgnProtImportParticles(ProtImport):
         if tomograms and not os.path.isfile(tomograms):
             return [f"{tomograms}: tomograms star not found"]
         try:
-            TiltSeriesStar(path, source_software=SOURCES[self.sourceSoftware.get()], tomograms=tomograms)
+            self._box(TiltSeriesStar(path, source_software=SOURCES[self.sourceSoftware.get()], tomograms=tomograms),
+                      self.dataDir.get() or None)
         except InputError as exc:
             return [str(exc)]
+        except OSError as exc:
+            return [f"{exc.filename or path}: cannot read ({exc.strerror or exc})"]
         return []
 
     def _summary(self) -> list[str]:
@@ -137,3 +147,10 @@ class TomoDrgnProtImportParticles(ProtImport):
 
         super().__init__(**kwargs)
         self.summaryVar = String()
+
+    @classmethod
+    def getClassLabel(cls, prependPackageName: bool = True) -> str:
+        """"tomoDRGN - import particle tilt series", as :class:`.protocol_base.TomoDrgnLabel` names the others."""
+        from .protocol_base import TomoDrgnLabel
+
+        return TomoDrgnLabel.getClassLabel.__func__(cls, prependPackageName)

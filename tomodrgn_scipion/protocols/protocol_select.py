@@ -50,7 +50,7 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
                       label="Particle indices", help="0-based positions of particles in the input set, in order "
                                                      "(e.g. '0 3 10-19'); or give a file below.")
         form.addParam("indexFile", params.PathParam, allowsNull=True, condition=f"mode == {SELECT_INDICES}",
-                      label="Index file", help="One 0-based index per line (.txt), or .npy/.pkl as tomoDRGN writes.")
+                      label="Index file", help="One 0-based index per line (.txt), or .npy (pickles, .pkl, are not read: they can run code).")
         form.addParam("action", params.EnumParam, choices=["keep", "drop"], default=0,
                       display=params.EnumParam.DISPLAY_HLIST, label="Selected particles are",
                       help="keep: the output holds them; drop: it holds all the others.")

@@ -214,7 +214,7 @@ class TomoDrgnProtTrainVAE(TomoDrgnProtTrainBase):
 class TomoDrgnProtTrainNN(TomoDrgnProtTrainBase):
     """Homogeneous reconstruction with the decoder alone (no latent variable): one consensus volume."""
 
-    _label = "train homogeneous (NN)"
+    _label = "train homogeneous"
     _possibleOutputs = {"outputVolume": Volume}
     COMMAND = "train_nn"
 

@@ -93,6 +93,23 @@ def test_protocols_conf_is_valid_for_pyworkflow():
     assert sorted(listed) == sorted(offered) and all(n.startswith("TomoDrgnProt") for n in listed)
 
 
+def test_protocol_names_are_readable_in_a_narrow_tree():
+    """Every entry of the tree reads "tomoDRGN - <what it does>" (not the package name), short and distinct."""
+    import tomodrgn_scipion.protocols as protocols
+
+    cp = configparser.ConfigParser()
+    cp.optionxform = str
+    cp.read(PKG_DIR / "protocols.conf")
+    entries = json.loads(cp.get("PROTOCOLS", "Tomography"))[0]["children"]
+    labels = {e["value"]: getattr(protocols, e["value"]).getClassLabel() for e in entries if e.get("text") == "default"}
+    assert len(labels) == len(entries)
+    assert labels["TomoDrgnProtTrainVAE"] == "tomoDRGN - train VAE"
+    assert labels["TomoDrgnProtTrainNN"] == "tomoDRGN - train homogeneous"
+    assert all(v.startswith("tomoDRGN - ") and len(v) <= 40 and "tomodrgn_scipion" not in v for v in labels.values())
+    assert len(set(labels.values())) == len(labels)
+    assert protocols.TomoDrgnProtTrainVAE.getClassLabel(prependPackageName=False) == "train VAE"
+
+
 # ---------------------------------------------------------------------------
 # (b) Plugin class and command construction
 # ---------------------------------------------------------------------------

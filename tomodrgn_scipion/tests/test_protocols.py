@@ -46,7 +46,13 @@ class TestChainSimulated(ProjectTest):
         return prot
 
     def test_chain(self):
+        from pyworkflow.project.config import ProjectSettings
+
         imp = self._import(self.tmp / "particles.star")
+        # the project (made without a view chosen) now opens in the Tomography view, where tomoDRGN is
+        settings = ProjectSettings.load(os.path.join(self.proj.path, self.proj.settingsPath))
+        self.assertEqual(settings.getProtocolView(), "Tomography")
+        self.assertEqual(imp.getObjLabel(), "tomoDRGN - import particle tilt series")
         parts = imp.outputParticles
         self.assertEqual(parts.getSize(), 120)
         self.assertIn("120 particles, 1320 tilt images (11-11 per particle), box 16 px", imp.summaryVar.get())
@@ -174,19 +180,27 @@ class TestChainSimulated(ProjectTest):
         errors = prot.validate()
         self.assertEqual(len(errors), 1)
         self.assertIn("row 6: column _rlnCtfScalefactor gives cos(stage tilt) 1.7, outside (0, 1]", errors[0])
-        # a missing stack passes validation (star only) and fails the run with one line
+        # stacks are checked in the form too: a missing one, and one shorter than its header says
         df3 = df.copy()
         df3["rlnImageName"] = df3["rlnImageName"].str.replace("tomo_000", "tomo_999")
         missing = self.tmp / "missing_stack.star"
         write_star(df3, missing)
         prot = self.newProtocol(TomoDrgnProtImportParticles, starFile=str(missing))
-        self.assertEqual(prot.validate(), [])
-        with self.assertRaises(Exception):
-            self.launchProtocol(prot)
-        msg = prot.getErrorMessage()
-        self.assertIn("tomo_999", msg)
-        self.assertNotIn("Traceback", msg)
-        self.assertEqual(len(msg.strip().splitlines()), 1, msg)
+        errors = prot.validate()
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("tomo_999", errors[0])
+        short = Path(tempfile.mkdtemp(prefix="tomodrgn_short_"))
+        import shutil
+
+        shutil.copytree(self.tmp / "stacks", short / "stacks")
+        shutil.copyfile(self.tmp / "particles.star", short / "particles.star")
+        stack = short / "stacks" / "tomo_002.mrcs"
+        os.truncate(stack, stack.stat().st_size - 64)
+        prot = self.newProtocol(TomoDrgnProtImportParticles, starFile=str(short / "particles.star"))
+        errors = prot.validate()
+        self.assertEqual(len(errors), 1, errors)
+        self.assertIn("tomo_002.mrcs: truncated", errors[0])
+        self.assertNotIn("\n", errors[0])
 
 
 @pytest.mark.skipif(not (SAMPLE / "10076_both_32_sim.star").is_file(), reason="shared sample not found")

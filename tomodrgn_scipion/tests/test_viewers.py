@@ -29,7 +29,7 @@ from tomodrgn_scipion.tests.test_protocols import SMALL  # noqa: E402
 from tomodrgn_scipion.viewers import (TomoDrgnAnalyzeViewer, TomoDrgnBackprojectViewer,  # noqa: E402
                                       TomoDrgnGenerateViewer, TomoDrgnParticlesViewer, TomoDrgnTrainNNViewer,
                                       TomoDrgnTrainVAEViewer)
-from tomodrgn_scipion.viewers.views import FigureView, volumes_script  # noqa: E402
+from tomodrgn_scipion.viewers.views import BackgroundView, FigureView, volumes_script  # noqa: E402
 
 N_PARTICLES = 60
 
@@ -124,6 +124,34 @@ class TestViewers(ProjectTest):
         view.window.destroy()
         return path
 
+    def shown_in_background(self, view: "BackgroundView") -> list:
+        """Show a background view: it returns at once, its window keeps a progress line that moves while the
+        Tk loop stays responsive, and it ends with the views of its work (returned, not opened)."""
+        import time
+
+        t0 = time.monotonic()
+        view.open_when_done = False  # the test inspects the views instead of opening their windows
+        view.show()
+        self.assertLess(time.monotonic() - t0, 1.0)  # the work is not done on this (the GUI) thread
+        self.assertTrue(view.thread.is_alive())
+        lines, slowest = set(), 0.0
+        while view.thread.is_alive():
+            t = time.monotonic()
+            self.root.update()
+            slowest = max(slowest, time.monotonic() - t)
+            lines.add(view.line)
+            time.sleep(0.05)
+            self.assertLess(time.monotonic() - t0, 300)
+        self.assertLess(slowest, 0.5)  # the window never froze
+        self.assertTrue(any(line.startswith(view.doing) and line.endswith(" s)") for line in lines), lines)
+        for _ in range(50):  # the next poll closes the progress window
+            if not view.window.winfo_exists():
+                break
+            self.root.update()
+            time.sleep(0.05)
+        self.assertFalse(view.window.winfo_exists())
+        return view.result
+
     def one_figure(self, views, name: str):
         figs = [v for v in views if isinstance(v, FigureView)]
         self.assertEqual(len(figs), 1, [type(v).__name__ for v in views])
@@ -149,7 +177,9 @@ class TestViewers(ProjectTest):
         fig = v._showLatent()[0].figure
         self.assertIn("_rlnDefocusU @ first tilt", [ax.get_ylabel() for ax in fig.axes])
 
-        views = v._showConvergence()
+        (background,) = v._showConvergence()
+        self.assertIsInstance(background, BackgroundView)
+        views = self.shown_in_background(background)
         fig = self.one_figure(views, "train_convergence")
         self.assertEqual(len(fig.axes), 5)
         msg = [x for x in views if isinstance(x, MessageView)][0].getMessage()

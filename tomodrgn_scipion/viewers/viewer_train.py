@@ -13,6 +13,7 @@ from ..method.errors import InputError
 from ..protocols import TomoDrgnProtTrainNN, TomoDrgnProtTrainVAE
 from .latent import COLOR_NONE, COLOR_TOMOGRAM, LatentSpace
 from .viewer_base import TomoDrgnViewerBase
+from .views import BackgroundView
 
 EMBED_PCA, EMBED_UMAP = 0, 1
 EMBEDDINGS = ["PCA", "UMAP"]
@@ -97,8 +98,16 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
         if not self._hasCheckpoint():
             return self.missing("The run has no checkpoint with z yet: the latent space appears after the first "
                                 "checkpoint.")
-        latent = self.latentSpace()
         kind = EMBEDDINGS[self.embedding.get()]
+        if kind == "PCA":
+            return self._latentViews(kind)
+        # a UMAP takes tens of seconds the first time: off the GUI thread
+        return [BackgroundView(lambda: self._latentViews(kind), f"{self.protocol.getRunName()}: UMAP",
+                               "computing the UMAP of the latest checkpoint's z (kept for the next time)",
+                               tkParent=self.getTkRoot())]
+
+    def _latentViews(self, kind: str) -> list[View]:
+        latent = self.latentSpace()
         if kind == "UMAP" and latent.umap is None:
             return self.missing("UMAP needs zdim > 2 and umap-learn: showing nothing. Choose PCA.")
         color = self._colors[self.colorBy.get()]
@@ -118,6 +127,14 @@ class TomoDrgnTrainVAEViewer(TomoDrgnViewerBase):
         return evaluate(a)[0]
 
     def _showConvergence(self, _param=None) -> list[View]:
+        """``convergence_vae`` renders volumes at every examined checkpoint (seconds to minutes): off the GUI
+        thread, with a progress line."""
+        if not self._hasCheckpoint():
+            return self.missing("The run has no checkpoint yet: convergence compares checkpoints.")
+        return [BackgroundView(self._convergenceViews, f"{self.protocol.getRunName()}: convergence",
+                               "convergence_vae: comparing the checkpoints", tkParent=self.getTkRoot())]
+
+    def _convergenceViews(self) -> list[View]:
         from ..method.convergence import plot_convergence
 
         try:

@@ -1,5 +1,6 @@
-"""Views the viewers return: a matplotlib figure in a Tk window (:class:`FigureView`), and volumes opened in
-ChimeraX (:class:`ChimeraXView`, with :func:`chimerax_program` and :func:`volumes_script`).
+"""Views the viewers return: a matplotlib figure in a Tk window (:class:`FigureView`), work done off the GUI
+thread with a progress line (:class:`BackgroundView`), and volumes opened in ChimeraX (:class:`ChimeraXView`,
+with :func:`chimerax_program` and :func:`volumes_script`).
 
 Figures are plain :class:`matplotlib.figure.Figure` objects, so what a view shows can be saved or inspected
 without a screen; only :meth:`FigureView.show` needs Tk.
@@ -9,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from matplotlib.figure import Figure
 from pyworkflow.viewer import View
@@ -67,6 +69,117 @@ class FigureView(View):
         from ..method.plots import save_figure
 
         save_figure(self.figure, path, dpi)
+
+
+class BackgroundView(View):
+    """Work of seconds to minutes (a UMAP, ``convergence_vae``) done on a worker thread, so that the window
+    never freezes: a small window shows a progress line (what is being done, the latest progress message the
+    method logs, the seconds so far) until the work ends, then the views it made open.
+
+    Parameters
+    ----------
+    work : callable
+        Makes the views to show; runs on the worker thread, so it must not touch Tk (figures are plain
+        matplotlib objects, and a :class:`FigureView` only uses Tk when shown).
+    title : str
+        Title of the progress window.
+    doing : str
+        The progress line's start, e.g. "computing the UMAP of 400 particles".
+    tkParent : tkinter widget, optional
+        Parent of the windows; the application's root when not given.
+
+    Attributes
+    ----------
+    result : list of View
+        The views of the work (or a message view of its error), once it has ended.
+    line : str
+        The progress line shown last.
+    """
+
+    POLL_MS = 200
+
+    def __init__(self, work: Callable[[], list[View]], title: str, doing: str, tkParent=None):
+        super().__init__()
+        self.work, self.title, self.doing = work, title, doing
+        self._tkParent = tkParent
+        self.result: list[View] | None = None
+        self.line = doing
+        self.window = None
+        self.thread: threading.Thread | None = None
+        self._latest = ""
+        #: Open the result's views when the work ends (False: leave them in :attr:`result`).
+        self.open_when_done = True
+
+    def _run(self) -> None:
+        import logging
+
+        view = self
+
+        class Latest(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                if record.thread == threading.get_ident():
+                    view._latest = record.getMessage()
+
+        handler = Latest(logging.INFO)
+        log = logging.getLogger("tomodrgn_scipion")
+        log.addHandler(handler)
+        level = log.level
+        log.setLevel(min(log.getEffectiveLevel(), logging.INFO))
+        try:
+            self.result = self.work()
+        except Exception as exc:  # noqa: BLE001 (any failure of the work is shown as one line, not lost in a thread)
+            from pyworkflow.viewer import MSG_ERROR, MessageView
+
+            from ..method.errors import MethodError
+
+            text = str(exc) if isinstance(exc, MethodError) else f"{type(exc).__name__}: {exc}"
+            self.result = [MessageView(text.splitlines()[0] if text else type(exc).__name__, self.title, MSG_ERROR,
+                                       tkParent=self._tkParent)]
+        finally:
+            log.removeHandler(handler)
+            log.setLevel(level)
+
+    def run_here(self) -> list[View]:
+        """Do the work on this thread (scripts and tests without a screen) and return its views."""
+        self._run()
+        return self.result
+
+    def done(self) -> bool:
+        """Whether the work has ended."""
+        return self.result is not None
+
+    def show(self, block: bool | None = None) -> None:
+        """Start the work and return at once; the progress window updates itself from Tk's event loop."""
+        import time
+        import tkinter as tk
+
+        parent = self._tkParent or tk._default_root  # noqa: SLF001 (the running application's root, if any)
+        if parent is None:
+            for v in self.run_here():
+                v.show()
+            return
+        win = tk.Toplevel(parent)
+        win.title(self.title)
+        text = tk.StringVar(win, self.doing)
+        tk.Label(win, textvariable=text, padx=16, pady=12, anchor="w", width=90).pack(fill=tk.X)
+        self.window = win
+        t0 = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"tomodrgn viewer: {self.title}", daemon=True)
+        self.thread.start()
+
+        def poll() -> None:
+            if self.thread.is_alive():
+                latest = f": {self._latest}" if self._latest else ""
+                self.line = f"{self.doing}{latest} ({time.monotonic() - t0:.0f} s)"
+                text.set(self.line)
+                win.after(self.POLL_MS, poll)
+                return
+            win.destroy()
+            if self.open_when_done:
+                for v in self.result:
+                    v.show()
+
+        win.after(self.POLL_MS, poll)
 
 
 def chimerax_program() -> str | None:

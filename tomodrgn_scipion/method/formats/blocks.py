@@ -101,11 +101,14 @@ class StarFile:
     blocks : list of Block
     preamble : str
         Text before the first block (comments such as ``# version 50001``).
+    ends_with_newline : bool
+        Whether the file's last line is complete (a file cut short by a full disk or a killed copy is not).
     """
 
     path: Path
     blocks: list[Block]
     preamble: str = ""
+    ends_with_newline: bool = True
 
     def names(self) -> list[str]:
         """Block names, in file order."""
@@ -148,9 +151,12 @@ def read_blocks(path: str | os.PathLike) -> StarFile:
     InputError
         If the file is missing, unreadable, or has no ``data_`` block.
     """
+    from ..starsyntax import check_star_syntax
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: star file not found")
+    check_star_syntax(path)
     try:
         text = path.read_text(errors="strict")
     except (OSError, UnicodeDecodeError) as exc:
@@ -164,7 +170,7 @@ def read_blocks(path: str | os.PathLike) -> StarFile:
         chunk = text[s:starts[i + 1] if i + 1 < len(starts) else len(text)]
         blocks.append(_parse_block(chunk, line_no, path))
         line_no += chunk.count("\n")
-    return StarFile(path, blocks, text[:starts[0]])
+    return StarFile(path, blocks, text[:starts[0]], text.endswith("\n"))
 
 
 def _parse_block(chunk: str, first_line: int, path: Path) -> Block:

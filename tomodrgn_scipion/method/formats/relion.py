@@ -145,6 +145,10 @@ def read_relion3(star: StarFile, kind: str) -> SeriesSource:
     else:
         values["shifts_px"] = np.zeros((len(df), 2))
     groups = df["rlnGroupName"].astype(str).to_numpy()
+    if not star.ends_with_newline and (groups == groups[-1]).sum() == 1:
+        # a file cut inside its last row makes a one-image particle of a cut name
+        raise InputError(f"{where}: row {len(df)} (the last) has no line end and is the only image of particle "
+                         f"{groups[-1]!r}: the file looks cut short; copy it again")
     if "rlnMicrographName" in df:
         tomos = df["rlnMicrographName"].astype(str).to_numpy()
     else:
