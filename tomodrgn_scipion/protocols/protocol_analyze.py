@@ -89,8 +89,8 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
     def _insertAllSteps(self) -> None:
         self._insertFunctionStep(self.analyzeStep)
         if self._volumeStar():
-            self._insertFunctionStep(self.mapbackStep)
-        self._insertFunctionStep(self.createOutputStep)
+            self._insertFunctionStep(self.mapbackStep, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def analyzeStep(self) -> None:
         args: list[object] = [self._train().trainDir(), "--epoch", self.epoch.get(), "--ksample", self.ksample.get(),

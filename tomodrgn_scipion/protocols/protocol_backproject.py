@@ -64,9 +64,9 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
         self._insertFunctionStep(self.backprojectStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def convertInputStep(self) -> None:
         from ..convert.particles import star_from_particles

@@ -6,6 +6,7 @@ import os
 import shlex
 from typing import Iterable
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
 import pyworkflow.utils as pwutils
 from pwem.protocols import EMProtocol
@@ -25,6 +26,8 @@ class TomoDrgnProtBase(EMProtocol):
 
     _label = None  # abstract: no entry in the GUI
     _possibleOutputs = {}
+    #: Shown by Scipion's protocol tree and forms: a new plugin, tested on simulated and sample data.
+    _devStatus = pw.BETA
 
     # ------------------------------------------------------------------------------------ form helpers
     @staticmethod

@@ -57,8 +57,8 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.selectStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.selectStep, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def exportedStar(self) -> str:
         return self._getExtraPath("selected_particles.star")
