@@ -11,6 +11,7 @@ from pwem.objects import SetOfVolumes, Volume
 from pyworkflow.object import CsvList, Integer, String
 
 from ..constants import CITE_TOMODRGN
+from ..convert.relion5 import CLUSTER_ATTR, cluster_coordinates, is_relion_set, relion_items_with
 from ..objects import TomoDrgnParticles
 from .protocol_base import TomoDrgnProtBase
 
@@ -20,6 +21,16 @@ def star_particle_ids(star: str) -> list[str]:
     from ..method.star import read_star
 
     return list(dict.fromkeys(read_star(star)["rlnGroupName"].astype(str)))
+
+
+def training_particle_ids(train) -> list[str]:
+    """Particle names of a train VAE run's input, in the order the method indexes them (labels.txt rows):
+    ``_rlnGroupName`` in order of first appearance, or ``_rlnTomoParticleName`` in file order (RELION 5)."""
+    if train.isRelionInput():
+        from ..convert.relion5 import particle_names, read_star_text
+
+        return particle_names(read_star_text(train.particlesStar()), train.particlesStar())
+    return star_particle_ids(train.inputStar())
 
 
 def latest_epoch(train_dir: str) -> int:
@@ -115,7 +126,9 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         labels = np.loadtxt(self.kmeansDir("labels.txt"), dtype=np.int64, ndmin=1)
         centers = np.loadtxt(self.kmeansDir("centers.txt"), ndmin=2)
         centers_ind = np.loadtxt(self.kmeansDir("centers_ind.txt"), dtype=np.int64, ndmin=1)
-        ids = star_particle_ids(train.inputStar())
+        ids = training_particle_ids(train)
+        if len(ids) != len(labels):
+            raise ValueError(f"{self.kmeansDir('labels.txt')}: {len(labels)} labels for {len(ids)} particles")
         label_of = dict(zip(ids, labels.tolist()))
         sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
 
@@ -137,15 +150,30 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         vols.setSamplingRate(pixel)
 
         parts = train.outputParticles
-        out = self._createParticleSet()
-        out.copyInfo(parts)
-        for p in parts.iterItems(orderBy="id"):
-            q = p.clone()
-            q.setCluster(label_of.get(p.getParticleId(), -1))
-            out.append(q)
-        self._defineOutputs(outputVolumes=vols, outputParticles=out)
-        self._defineSourceRelation(parts, vols)
-        self._defineSourceRelation(parts, out)
+        outputs = {"outputVolumes": vols}
+        if is_relion_set(parts):  # the input's own class, each item with its cluster, matched by particle name
+            from reliontomo.constants import PSUBTOMOS_SQLITE
+            from reliontomo.objects import RelionSetOfPseudoSubtomograms
+            from tomo.objects import SetOfCoordinates3D
+
+            out = RelionSetOfPseudoSubtomograms.create(self._getPath(), template=PSUBTOMOS_SQLITE)
+            relion_items_with(parts, out, {n: {CLUSTER_ATTR: c} for n, c in label_of.items()}, keep_missing=True)
+            if parts.getCoordinates3D() is not None:  # the clusters on the particles' tomograms
+                coords = SetOfCoordinates3D.create(self._getPath(), template="coordinates%s.sqlite",
+                                                   suffix="Clusters")
+                cluster_coordinates(parts, label_of, coords)
+                outputs["outputCoordinates"] = coords
+        else:
+            out = self._createParticleSet()
+            out.copyInfo(parts)
+            for p in parts.iterItems(orderBy="id"):
+                q = p.clone()
+                q.setCluster(label_of.get(p.getParticleId(), -1))
+                out.append(q)
+        outputs["outputParticles"] = out
+        self._defineOutputs(**outputs)
+        for o in outputs.values():
+            self._defineSourceRelation(parts, o)
 
     # ------------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
