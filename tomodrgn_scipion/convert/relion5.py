@@ -324,6 +324,93 @@ def are_2d_stacks(particles_star: StarText, source: str = "") -> bool:
         return False
 
 
+def tomogram_geometry(tomograms_star: str | os.PathLike) -> Dict[str, tuple]:
+    """Size and pixel size of each tilt series of a RELION 5 ``tomograms.star``.
+
+    Returns
+    -------
+    dict
+        ``_rlnTomoName`` -> ((SizeX, SizeY, SizeZ) in px of the tilt series, tilt-series pixel size in A);
+        None for the size when ``_rlnTomoSizeX/Y/Z`` are absent.
+    """
+    source = str(tomograms_star)
+    block = read_star_text(source).block("global", source)
+    names = [unquote(v) for v in block.column(TOMO_NAME, source)]
+    px = [float(v) for v in block.column("rlnTomoTiltSeriesPixelSize", source)]
+    if all(f"rlnTomoSize{a}" in block.labels for a in "XYZ"):
+        sizes = list(zip(*(map(float, block.column(f"rlnTomoSize{a}", source)) for a in "XYZ")))
+    else:
+        sizes = [None] * len(names)
+    return {n: (sz, p) for n, sz, p in zip(names, sizes, px)}
+
+
+def particle_positions(particles_star: str | os.PathLike, tomograms_star: Optional[str] = None) -> Dict[str, tuple]:
+    """Where each particle is in its tomogram and how it is oriented, from its own row (RELION 5).
+
+    The position is RELION 5's ``X - A_sub o``: ``_rlnCenteredCoordinateX/Y/ZAngst`` (A from the tomogram
+    centre; or ``_rlnCoordinateX/Y/Z`` in tilt-series pixels from the corner, with the tomogram size of
+    ``tomograms.star``) less the refined origin ``_rlnOriginX/Y/ZAngst`` turned by the subtomogram orientation
+    ``A_sub`` (``_rlnTomoSubtomogramRot/Tilt/Psi``); the orientation in the tomogram is ``A_sub A_part``
+    (``A_part`` from ``_rlnAngleRot/Tilt/Psi``), RELION's Euler matrices (RELION 5 ``exp_model.cpp``, as the
+    method's reader composes them).
+
+    Parameters
+    ----------
+    particles_star : path-like
+    tomograms_star : str, optional
+        Needed only for files with ``_rlnCoordinateX/Y/Z`` instead of centred coordinates.
+
+    Returns
+    -------
+    dict
+        ``_rlnTomoParticleName`` -> (tomogram name, position (3,) in A from the tomogram centre, A (3, 3)).
+    """
+    import torch
+
+    from ..method.transforms import euler_to_matrix
+
+    source = str(particles_star)
+    block = read_star_text(source).block("particles", source)
+    names = [unquote(v) for v in block.column(PARTICLE_NAME, source)]
+    tomos = [unquote(v) for v in block.column(TOMO_NAME, source)]
+    n = len(names)
+
+    def numeric(label: str, default: float = 0.0) -> np.ndarray:
+        if label not in block.labels:
+            return np.full(n, default)
+        try:
+            return np.array([float(unquote(v)) for v in block.column(label, source)])
+        except ValueError:
+            raise InputError(f"{source}: block data_particles, column _{label} is not numeric") from None
+
+    def matrices(prefix: str) -> np.ndarray:
+        return euler_to_matrix(*(torch.as_tensor(numeric(f"{prefix}{a}")) for a in ("Rot", "Tilt", "Psi"))).numpy()
+
+    if all(c in block.labels for c in CENTERED):
+        coord = np.stack([numeric(c) for c in CENTERED], 1)
+    elif all(f"rlnCoordinate{a}" in block.labels for a in "XYZ"):
+        if tomograms_star is None:
+            raise InputError(f"{source}: _rlnCoordinateX/Y/Z need the tomograms.star (tomogram size)")
+        geometry = tomogram_geometry(tomograms_star)
+        coord = np.stack([numeric(f"rlnCoordinate{a}") for a in "XYZ"], 1)
+        for i, t in enumerate(tomos):
+            size, px = geometry.get(t, (None, None))
+            if size is None:
+                raise InputError(f"{tomograms_star}: no _rlnTomoSizeX/Y/Z for tomogram {t}")
+            coord[i] = coord[i] * px - np.array(size) * px / 2.0
+    else:
+        raise InputError(f"{source}: block data_particles has no _rlnCenteredCoordinateX/Y/ZAngst nor "
+                         f"_rlnCoordinateX/Y/Z")
+    a_sub = matrices("rlnTomoSubtomogram")
+    origin = np.stack([numeric(f"rlnOrigin{a}Angst") for a in "XYZ"], 1)
+    position = coord - np.einsum("nij,nj->ni", a_sub, origin)
+    a_tomo = a_sub @ matrices("rlnAngle")
+    out = {name: (t, position[i], a_tomo[i]) for i, (name, t) in enumerate(zip(names, tomos))}
+    if len(out) != n:
+        particle_names(read_star_text(source), source)  # names the repeated particle
+    return out
+
+
 # ------------------------------------------------------------------------------------------ reliontomo sets
 def is_relion_set(obj: object) -> bool:
     """Whether ``obj`` is a reliontomo ``RelionSetOfPseudoSubtomograms``."""
@@ -488,14 +575,59 @@ def relion_subset(pset, keep: Sequence[str], out, star_dir: str | os.PathLike) -
     return str(opt)
 
 
+def place_coordinates(particles_star: str, tomograms, tomograms_star: Optional[str] = None):
+    """One Scipion ``Coordinate3D`` per particle of a RELION 5 ``particles.star``, in file order.
+
+    Each is placed from the particle's own row (:func:`particle_positions`): its position, divided by the
+    tomogram's pixel size, in Scipion's centre-origin convention, and its orientation in the tomogram
+    (RELION's ``A``, stored as reliontomo stores a coordinate's: ``A^-1`` with ``TR_RELION``) on the tomogram whose tilt-series id is
+    its ``_rlnTomoName``.
+
+    Parameters
+    ----------
+    particles_star : str
+    tomograms : tomo.objects.SetOfTomograms
+    tomograms_star : str, optional
+        For files with ``_rlnCoordinateX/Y/Z``.
+
+    Yields
+    ------
+    (Coordinate3D, str)
+        The coordinate (group id 1) and the particle name.
+
+    Raises
+    ------
+    InputError
+        A particle whose tomogram is not in ``tomograms``.
+    """
+    from tomo.constants import SCIPION, TR_RELION
+    from tomo.objects import Coordinate3D
+
+    tomo_of = {t.getTsId(): t.clone() for t in tomograms}
+    for name, (tomo_id, position, a) in particle_positions(particles_star, tomograms_star).items():
+        tomo = tomo_of.get(tomo_id)
+        if tomo is None:
+            raise InputError(f"{particles_star}: particle {name} is in tomogram {tomo_id}, which is not among the "
+                             f"tomograms ({', '.join(sorted(tomo_of))})")
+        c = Coordinate3D()
+        c.setVolume(tomo)
+        px = tomo.getSamplingRate()
+        c.setX(float(position[0]) / px, SCIPION)
+        c.setY(float(position[1]) / px, SCIPION)
+        c.setZ(float(position[2]) / px, SCIPION)
+        m = np.eye(4)
+        m[:3, :3] = a.T  # reliontomo's TR_RELION matrix of a coordinate is the inverse of RELION's A
+        c.setMatrix(m, convention=TR_RELION)
+        c.setGroupId(1)
+        yield c, name
+
+
 def cluster_coordinates(pset, labels: Mapping[str, int], out) -> Dict[int, int]:
     """The particles as coordinates on the input's tomograms, labelled by cluster.
 
-    Each coordinate is placed from the particle's own row of the set's ``particles.star`` (matched by
-    ``_rlnTomoParticleName``): ``_rlnCenteredCoordinateX/Y/ZAngst`` (A from the tomogram centre, RELION 5)
-    divided by the tomogram's pixel size, i.e. Scipion's centre-origin convention, with the orientation
-    ``_rlnTomoSubtomogramRot/Tilt/Psi`` as reliontomo reads it. Its group id is the cluster + 1 (Scipion's
-    tomogram viewers colour by group) and it carries ``_tdCluster``.
+    Each coordinate is placed from the particle's own row of the set's ``particles.star``, matched by
+    ``_rlnTomoParticleName`` (:func:`place_coordinates`). Its group id is the cluster + 1 (Scipion's tomogram
+    viewers colour by group) and it carries ``_tdCluster``.
 
     Parameters
     ----------
@@ -512,42 +644,19 @@ def cluster_coordinates(pset, labels: Mapping[str, int], out) -> Dict[int, int]:
         cluster -> number of coordinates.
     """
     from pyworkflow.object import Integer
-    from reliontomo.convert.convert50_tomo import getCoordsTransformMatrixFromRow
-    from tomo.constants import SCIPION, TR_RELION
-    from tomo.objects import Coordinate3D
 
     coords = pset.getCoordinates3D()
     if coords is None:
         raise InputError("the particle set has no coordinates, so no tomograms to map the clusters onto")
     tomos = coords.getPrecedents()
-    tomo_of = {t.getTsId(): t.clone() for t in tomos}
-    source = pset.getParticlesStar()
-    star = read_star_text(source)
-    block = star.block("particles", source)
-    names = particle_names(star, source)
-    cols = {c: block.column(c, source) for c in (TOMO_NAME, *CENTERED)}
-    angles = {c: block.column(c, source) if c in block.labels else ["0"] * len(names)
-              for c in ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")}
     out.setPrecedents(tomos)
     out.setSamplingRate(tomos.getSamplingRate())
-    out.setBoxSize(pset.getBoxSize())
+    out.setBoxSize(coords.getBoxSize())
     counts: Dict[int, int] = {}
-    for i, name in enumerate(names):
+    for c, name in place_coordinates(pset.getParticlesStar(), tomos, pset.getTomogramsStar()):
         label = labels.get(name)
         if label is None or label < 0:
             continue
-        tomo_id = unquote(cols[TOMO_NAME][i])
-        tomo = tomo_of.get(tomo_id)
-        if tomo is None:
-            raise InputError(f"{source}: particle {name} is in tomogram {tomo_id}, which is not among the set's tomograms")
-        px = tomo.getSamplingRate()
-        c = Coordinate3D()
-        c.setVolume(tomo)
-        c.setX(float(cols[CENTERED[0]][i]) / px, SCIPION)
-        c.setY(float(cols[CENTERED[1]][i]) / px, SCIPION)
-        c.setZ(float(cols[CENTERED[2]][i]) / px, SCIPION)
-        row = {k: float(v[i]) for k, v in angles.items()}
-        c.setMatrix(getCoordsTransformMatrixFromRow(row), convention=TR_RELION)
         c.setGroupId(int(label) + 1)
         setattr(c, CLUSTER_ATTR, Integer(int(label)))
         out.append(c)

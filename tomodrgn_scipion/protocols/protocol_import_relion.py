@@ -25,7 +25,8 @@ class TomoDrgnProtImportRelionParticles(ProtImport):
         form.addSection(label="Input")
         form.addParam("optimisationSet", params.PathParam, label="Optimisation set",
                       help="RELION 5 *_optimisation_set.star naming the particles.star (data_general, data_optics, "
-                           "data_particles with _rlnTomoParticleName and _rlnCenteredCoordinateX/Y/ZAngst) and "
+                           "data_particles with _rlnTomoParticleName and _rlnCenteredCoordinateX/Y/ZAngst or "
+                           "_rlnCoordinateX/Y/Z) and "
                            "the tomograms.star of the particles.")
         form.addParam("inputTomograms", params.PointerParam, pointerClass="SetOfTomograms", important=True,
                       label="Tomograms", help="The particles' tomograms: their tilt-series ids are the particles' "
@@ -51,45 +52,25 @@ class TomoDrgnProtImportRelionParticles(ProtImport):
     def importStep(self) -> None:
         from reliontomo.constants import PSUBTOMOS_SQLITE
         from reliontomo.convert import readSetOfPseudoSubtomograms
-        from reliontomo.convert.convert50_tomo import getCoordsTransformMatrixFromRow
         from reliontomo.objects import createSetOfRelionPSubtomograms
-        from tomo.constants import SCIPION, TR_RELION
-        from tomo.objects import Coordinate3D, SetOfCoordinates3D
+        from tomo.objects import SetOfCoordinates3D
 
-        from ..convert.relion5 import (CENTERED, PARTICLE_NAME, TOMO_NAME, are_2d_stacks, read_star_text,
-                                       unquote)
+        from ..convert.relion5 import are_2d_stacks, place_coordinates, read_star_text
 
-        opt, particles, _ = self._files()
+        opt, particles, tomograms = self._files()
         star = read_star_text(particles)
         optics = star.block("optics", particles)
-        block = star.block("particles", particles)
         ts_px = float(optics.column("rlnTomoTiltSeriesPixelSize", particles)[0])
         px = float(optics.column("rlnImagePixelSize", particles)[0])
         box = int(float(optics.column("rlnImageSize", particles)[0]))
 
         tomos = self.inputTomograms.get()
-        tomo_of = {t.getTsId(): t.clone() for t in tomos}
         coords = SetOfCoordinates3D.create(self._getPath(), template="coordinates%s.sqlite")
         coords.setPrecedents(self.inputTomograms)
         coords.setSamplingRate(tomos.getSamplingRate())
         coords.setBoxSize(int(round(box * px / tomos.getSamplingRate())))
-        names = block.column(PARTICLE_NAME, particles)
-        cols = {c: block.column(c, particles) for c in (TOMO_NAME, *CENTERED)}
-        angles = {c: block.column(c, particles) if c in block.labels else ["0"] * len(names)
-                  for c in ("rlnTomoSubtomogramRot", "rlnTomoSubtomogramTilt", "rlnTomoSubtomogramPsi")}
         # one coordinate per row, in file order: reliontomo's reader pairs rows and coordinates in that order
-        for i, name in enumerate(names):
-            tomo = tomo_of.get(unquote(cols[TOMO_NAME][i]))
-            if tomo is None:
-                raise InputError(f"{particles}: particle {unquote(name)} is in tomogram {unquote(cols[TOMO_NAME][i])}, "
-                                 f"which is not among the chosen tomograms ({', '.join(sorted(tomo_of))})")
-            c = Coordinate3D()
-            c.setVolume(tomo)
-            for axis, col in zip("XYZ", CENTERED):
-                getattr(c, f"set{axis}")(float(cols[col][i]) / tomo.getSamplingRate(), SCIPION)
-            c.setMatrix(getCoordsTransformMatrixFromRow({k: float(v[i]) for k, v in angles.items()}),
-                        convention=TR_RELION)
-            c.setGroupId(1)
+        for c, _name in place_coordinates(particles, tomos, tomograms):
             coords.append(c)
         self._defineOutputs(outputCoordinates=coords)
         self._defineSourceRelation(self.inputTomograms, coords)
