@@ -411,6 +411,49 @@ def particle_positions(particles_star: str | os.PathLike, tomograms_star: Option
     return out
 
 
+def volume_series_star(particles_star: str | os.PathLike, tomograms_star: str | os.PathLike,
+                       out: str | os.PathLike) -> int:
+    """The particles' own positions and orientations as the volume-series star ``mapback`` reads.
+
+    One row per particle of ``data_particles``, in file order (the order the method indexes them):
+    ``_rlnMicrographName`` = ``_rlnTomoName``, ``_rlnCoordinateX/Y/Z`` in A from the tomogram's corner with
+    ``_rlnPixelSize 1`` (:func:`particle_positions` plus half the tomogram's size, ``_rlnTomoSizeX/Y/Z`` x
+    ``_rlnTomoTiltSeriesPixelSize``), and ``_rlnAngleRot/Tilt/Psi`` of the orientation in the tomogram
+    ``A_sub A_part``.
+
+    Returns
+    -------
+    int
+        Rows written (atomically).
+    """
+    import torch
+
+    from ..method.transforms import matrix_to_euler
+
+    geometry = tomogram_geometry(tomograms_star)
+    placed = particle_positions(particles_star, str(tomograms_star))
+    lines = ["# volume-series star of the particles' positions (tomodrgn-scipion, from a RELION 5 particles.star)\n",
+             "\n", "data_particles\n", "\n", "loop_\n"]
+    columns = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ", "rlnAngleRot",
+               "rlnAngleTilt", "rlnAnglePsi", "rlnPixelSize", "rlnTomoParticleName")
+    lines += [f"_{c} #{i + 1}\n" for i, c in enumerate(columns)]
+    names = list(placed)
+    mats = torch.as_tensor(np.stack([placed[n][2] for n in names]))
+    eulers = np.stack([e.numpy() for e in matrix_to_euler(mats)], 1)
+    for name, euler in zip(names, eulers):
+        tomo, position, _ = placed[name]
+        size, px = geometry.get(tomo, (None, None))
+        if size is None:
+            raise InputError(f"{tomograms_star}: no _rlnTomoSizeX/Y/Z for tomogram {tomo}: its particles cannot be "
+                             f"placed")
+        corner = position + np.asarray(size) * px / 2.0
+        values = [tomo, *(f"{v:.3f}" for v in corner), *(f"{v:.6f}" for v in euler), "1.0", name]
+        lines.append(" ".join(values) + "\n")
+    lines.append("\n")
+    write_text_atomic("".join(lines), out)
+    return len(names)
+
+
 # ------------------------------------------------------------------------------------------ reliontomo sets
 def is_relion_set(obj: object) -> bool:
     """Whether ``obj`` is a reliontomo ``RelionSetOfPseudoSubtomograms``."""

@@ -72,7 +72,8 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
                            "row per particle: the same particles, in the same order and tomograms, as the training "
                            "star (all of them: after a selection of particles, select the same rows of this star). "
                            "When given, a ChimeraX script per tomogram (mapback) places every particle coloured "
-                           "by its k-means cluster: as markers, and as its cluster's volume.")
+                           "by its k-means cluster: as markers, and as its cluster's volume. For reliontomo's "
+                           "particles leave it empty: their own positions and orientations are used.")
         self._addVolumeParams(form)
         self._addGpuParams(form)
 
@@ -90,8 +91,16 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         return self.anaDir("mapback", *parts)
 
     def _volumeStar(self) -> str:
-        """The volume-series star, or "" when map-back is off."""
-        return (self.volumeStar.get() or "").strip()
+        """The volume-series star, or "" when map-back is off: the form's, else for reliontomo particles the
+        one written from their own positions and orientations (when their tomograms.star gives the sizes)."""
+        given = (self.volumeStar.get() or "").strip()
+        if given or not self._relionInput():
+            return given
+        return self._getExtraPath("particles_volumes.star")
+
+    def _relionInput(self) -> bool:
+        train = self._train()
+        return train is not None and train.isRelionInput()
 
     def _train(self):
         return self.inputTraining.get()
@@ -113,8 +122,16 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
 
     def mapbackStep(self) -> None:
         """The k-means labels in the tomograms: one script of markers, one of placed cluster volumes."""
-        common: list[object] = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt"),
-                                "--particles", self._train().inputStar()]
+        if not (self.volumeStar.get() or "").strip():  # reliontomo particles: from their own rows, same order
+            from ..convert.relion5 import volume_series_star
+
+            train = self._train()
+            volume_series_star(train.particlesStar(), train.inputParticles.get().getTomogramsStar(),
+                               self._volumeStar())
+            common: list[object] = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt")]
+        else:
+            common = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt"),
+                      "--particles", self._train().inputStar()]
         self._runCli("mapback", [*common, "-o", self.mapbackDir("markers"), "--mode", "markers"])
         self._runCli("mapback", [*common, "-o", self.mapbackDir("volumes"), "--mode", "volumes",
                                  "--vols-dir", self.kmeansDir()])
@@ -189,7 +206,7 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
             errors.append("The training run has no output particles yet: wait for it to finish.")
         if self.numPcs.get() > train.zdim.get():
             errors.append(f"Only {train.zdim.get()} principal components exist (zdim).")
-        if self._volumeStar() and not os.path.isfile(self._volumeStar()):
+        if (self.volumeStar.get() or "").strip() and not os.path.isfile(self._volumeStar()):
             errors.append(f"Volume-series star not found: {self._volumeStar()}")
         return errors
 

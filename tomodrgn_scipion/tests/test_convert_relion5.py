@@ -79,3 +79,33 @@ def test_optimisation_set_read_by_reliontomo(data, tmp_path):
     assert pset.getParticlesStar() == str(tmp_path / "particles.star")
     assert pset.getTomogramsStar() == data["tomograms"]
     assert "optics1" in pset.getAcquisition().opticsGroupInfo.get()
+
+
+def test_volume_series_star_reads_in_mapback(data, tmp_path):
+    """The particles' own positions (X - A_sub o, from the tomogram corner) and orientations (A_sub A_part),
+    as the volume-series star that mapback's reader takes; matrices from pwem's (reliontomo's) Euler code."""
+    from pwem.convert.transformations import euler_matrix
+
+    from tomodrgn_scipion.method.mapback import read_volume_series
+    from tomodrgn_scipion.method.transforms import euler_to_matrix
+    from tomodrgn_scipion.tests.relion5_data import TOMO_SIZE, TS_PIXEL
+    import numpy as np
+    import torch
+
+    out = tmp_path / "volumes.star"
+    assert r5.volume_series_star(data["particles"], data["tomograms"], out) == len(data["names"])
+    vs = read_volume_series(out)
+    assert vs.tomograms == [data["rows"][n]["rlnTomoName"] for n in data["names"]]
+
+    def relion_a(row, prefix):  # RELION's A: the rotation block of pwem's euler_matrix of the negated angles
+        return euler_matrix(*np.radians([-float(row[f"{prefix}{a}"]) for a in ("Rot", "Tilt", "Psi")]), axes="szyz")[:3, :3]
+
+    for i, name in enumerate(data["names"]):
+        row = data["rows"][name]
+        a_sub, a_part = relion_a(row, "rlnTomoSubtomogram"), relion_a(row, "rlnAngle")
+        origin = np.array([float(row[f"rlnOrigin{a}Angst"]) for a in "XYZ"])
+        centred = np.array([float(row[f"rlnCenteredCoordinate{a}Angst"]) for a in "XYZ"])
+        np.testing.assert_allclose(vs.centers_a[i], centred - a_sub @ origin + np.array(TOMO_SIZE) * TS_PIXEL / 2,
+                                   atol=2e-3)
+        a = euler_to_matrix(*(torch.as_tensor(float(v)) for v in vs.euler[i])).numpy().reshape(3, 3)
+        np.testing.assert_allclose(a, a_sub @ a_part, atol=1e-5)
