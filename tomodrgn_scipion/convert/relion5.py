@@ -278,6 +278,55 @@ def subset_particles_star(src: str | os.PathLike, names: Iterable[str], dst: str
     return len(block.rows)
 
 
+def resolve_star_path(value: str, anchor: str | os.PathLike) -> str:
+    """Where a path written in a RELION star file points, absolute.
+
+    RELION writes paths relative to its project folder, usually a few levels above the star file: the value
+    as it is when absolute, else the first existing of ``<folder>/value`` for the star's folder and each
+    folder above it; the value unchanged when none exists.
+    """
+    name = unquote(value)
+    index, sep, path = name.rpartition("@") if "@" in name else ("", "", name)
+    if os.path.isabs(path):
+        return name
+    folder = Path(anchor).resolve().parent
+    for base in (folder, *folder.parents):
+        if (base / path).exists():
+            return f"{index}{sep}{base / path}"
+    return name
+
+
+def with_absolute_paths(src: str | os.PathLike, block_name: str, labels: Sequence[str],
+                        dst: str | os.PathLike) -> int:
+    """Copy a star file with the paths of some columns made absolute (:func:`resolve_star_path`).
+
+    Rows whose paths change are rewritten with their values separated by tabs; every other line, block and
+    value stays as it was.
+
+    Returns
+    -------
+    int
+        Values changed.
+    """
+    star = read_star_text(src)
+    block = star.block(block_name, str(src))
+    cols = [block.labels.index(c) for c in labels if c in block.labels]
+    changed = 0
+    rows = []
+    for row in block.rows:
+        tokens = _TOKEN.findall(row)
+        new = list(tokens)
+        for i in cols:
+            resolved = resolve_star_path(tokens[i], src)
+            if resolved != unquote(tokens[i]):
+                new[i] = resolved if not any(ch.isspace() for ch in resolved) else f'"{resolved}"'
+                changed += 1
+        rows.append(row if new == tokens else "\t".join(new) + "\n")
+    block.rows = rows
+    write_text_atomic(star.text(), dst)
+    return changed
+
+
 def write_optimisation_set(path: str | os.PathLike, particles: str | os.PathLike, tomograms: str | os.PathLike,
                            trajectories: Optional[str] = None) -> None:
     """Write a RELION 5 optimisation set (an unnamed block of file labels), atomically.

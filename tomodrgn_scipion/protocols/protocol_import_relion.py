@@ -55,9 +55,21 @@ class TomoDrgnProtImportRelionParticles(ProtImport):
         from reliontomo.objects import createSetOfRelionPSubtomograms
         from tomo.objects import SetOfCoordinates3D
 
-        from ..convert.relion5 import are_2d_stacks, place_coordinates, read_star_text
+        from ..convert.relion5 import are_2d_stacks, place_coordinates, read_optimisation_set, read_star_text
 
         opt, particles, tomograms = self._files()
+        # RELION writes paths relative to its project folder, which Scipion's is not: copies with the stacks
+        # and tilt-series star files as absolute paths (nothing else changed) are what the set keeps
+        from ..convert.relion5 import with_absolute_paths, write_optimisation_set
+
+        own_particles, own_tomograms = self._getExtraPath("particles.star"), self._getExtraPath("tomograms.star")
+        with_absolute_paths(particles, "particles", ["rlnImageName", "rlnCtfImage"], own_particles)
+        with_absolute_paths(tomograms, "global", ["rlnTomoTiltSeriesStarFile", "rlnEtomoDirectiveFile",
+                                                  "rlnTomoReconstructedTomogram"], own_tomograms)
+        trajectories = read_optimisation_set(opt).get("rlnTomoTrajectoriesFile")
+        opt = self._getExtraPath("optimisation_set.star")
+        write_optimisation_set(opt, own_particles, own_tomograms, trajectories)
+        particles, tomograms = own_particles, own_tomograms
         star = read_star_text(particles)
         optics = star.block("optics", particles)
         ts_px = float(optics.column("rlnTomoTiltSeriesPixelSize", particles)[0])

@@ -109,3 +109,27 @@ def test_volume_series_star_reads_in_mapback(data, tmp_path):
                                    atol=2e-3)
         a = euler_to_matrix(*(torch.as_tensor(float(v)) for v in vs.euler[i])).numpy().reshape(3, 3)
         np.testing.assert_allclose(a, a_sub @ a_part, atol=1e-5)
+
+
+def test_relative_paths_made_absolute(data, tmp_path):
+    """RELION's paths are relative to its project folder (above the star file): resolved upwards, as RELION
+    and the method do; only those values change."""
+    project = tmp_path / "relion_project"
+    (project / "Extract" / "job009").mkdir(parents=True)
+    (project / "Subtomograms").mkdir()
+    (project / "Subtomograms" / "1_stack2d.mrcs").write_bytes(b"")
+    text = Path(data["particles"]).read_text().replace(data["rows"]["TS_01/1"]["rlnImageName"],
+                                                       "Subtomograms/1_stack2d.mrcs")
+    src = project / "Extract" / "job009" / "particles.star"
+    src.write_text(text)
+    assert r5.with_absolute_paths(src, "particles", ["rlnImageName", "rlnCtfImage"], tmp_path / "abs.star") == 1
+    out, before = r5.read_star_text(tmp_path / "abs.star"), r5.read_star_text(src)
+    names = [r5.unquote(v) for v in out.block("particles").column("rlnImageName")]
+    assert names[0] == str(project / "Subtomograms" / "1_stack2d.mrcs")
+    assert names[1:] == [r5.unquote(v) for v in before.block("particles").column("rlnImageName")][1:]
+    assert out.block("particles").rows[1:] == before.block("particles").rows[1:]
+    for label in before.block("particles").labels:
+        if label != "rlnImageName":
+            assert out.block("particles").column(label) == before.block("particles").column(label)
+    assert r5.resolve_star_path("3@Subtomograms/1_stack2d.mrcs", src) == f"3@{project}/Subtomograms/1_stack2d.mrcs"
+    assert r5.resolve_star_path("missing.mrcs", src) == "missing.mrcs"

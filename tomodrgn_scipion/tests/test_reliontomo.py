@@ -94,7 +94,11 @@ class TestRelionTomoHandOff(ProjectTest):
         self.assertTrue(pset.are2dStacks() and pset.areRe5Particles())
         self.assertAlmostEqual(pset.getCurrentSamplingRate(), TS_PIXEL * BINNING, places=5)
         self.assertEqual(pset.getBoxSize(), BOX)
-        self.assertEqual(os.path.abspath(pset.getTomogramsStar()), self.data["tomograms"])
+        # the set keeps copies in the run's folder (paths absolute: here they already were, so the same text)
+        for own, original in ((pset.getTomogramsStar(), self.data["tomograms"]),
+                              (pset.getParticlesStar(), self.data["particles"])):
+            self.assertEqual(os.path.dirname(os.path.abspath(own)), os.path.abspath(self.imp._getExtraPath()))
+            self.assertEqual(Path(own).read_text(), Path(original).read_text())
         coords = pset.getCoordinates3D()
         self.assertEqual(coords.getSize(), 12)
         from tomo.constants import SCIPION, TR_RELION
@@ -127,7 +131,8 @@ class TestRelionTomoHandOff(ProjectTest):
         self.assertEqual(r5.item_names(out), names)
         self.assertEqual(out.getNReParticles(), 5)
         self.assertTrue(out.are2dStacks())
-        self.assertEqual(os.path.abspath(out.getTomogramsStar()), self.data["tomograms"])
+        self.assertEqual(os.path.abspath(out.getTomogramsStar()),
+                         os.path.abspath(self.imp.outputRelionParticles.getTomogramsStar()))
         self.assertEqual(list(star_rows(out.getParticlesStar())), names)  # its own file: the kept rows only
         self.assertEqual(os.path.abspath(out.filesMaster), os.path.abspath(sel.exportedOptimisationSet()))
 
