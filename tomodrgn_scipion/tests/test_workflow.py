@@ -82,7 +82,7 @@ class TestFacilityTemplate(ProjectTest):
         self.assertEqual(aliases, {"tomodir", "tomopattern", "tomopix", "optimset", "zdim", "epochs", "ksample",
                                    "clusters", "reference", "refpix", "diameter", "symmetry"})
         folder = Path(self.proj.path)
-        (folder / "tomos").mkdir()
+        (folder / "tomos").mkdir(exist_ok=True)
         for name in ("optimisation_set.star", "reference.mrc"):
             (folder / name).write_text("")
         values = {"tomodir": str(folder / "tomos"), "tomopattern": "TS_*.mrc", "tomopix": "13.5",

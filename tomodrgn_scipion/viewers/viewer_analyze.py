@@ -233,7 +233,7 @@ class TomoDrgnAnalyzeViewer(TomoDrgnViewerBase):
         rows = np.flatnonzero(latent.labels == j)[: max(1, self.maxImages.get())]
         ids = [latent.ids[r] for r in rows]
         parts = self._train().inputParticles.get()
-        images, titles = lowest_dose_images(self._train().inputStar(), ids, parts.getDataDir())
+        images, titles = lowest_dose_images(self._train().inputStar(), ids, getattr(parts, "getDataDir", lambda: None)())
         n = int((latent.labels == j).sum())
         return image_grid(list(images), titles, f"cluster {j}: {len(ids)} of its {n} particles, lowest-dose tilt")
 
