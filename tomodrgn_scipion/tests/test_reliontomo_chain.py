@@ -102,6 +102,19 @@ class TestRelion5Chain(ProjectTest):
         # ChimeraX scripts from the set's own positions, one per tomogram, no external star
         self.assertEqual(len(list(Path(ana.mapbackDir("markers")).glob("*.cxc"))), 2)
 
+        # a selection drawn in the analyze viewer (what its "Create subset" launches): reliontomo's class too
+        from tomodrgn_scipion.viewers import TomoDrgnAnalyzeViewer
+
+        viewer = TomoDrgnAnalyzeViewer(project=self.proj, protocol=ana)
+        viewer.waitForRuns = True
+        latent = viewer.latentSpace()
+        rows = np.flatnonzero(latent.labels == 1)
+        self.assertIn(f"keep {len(rows)} of 60 particles", viewer.createSelection(rows, "keep"))
+        drawn = self.proj.getProtocol(viewer.lastSelection.getObjId())
+        self.assertTrue(drawn.isFinished(), drawn.getErrorMessage())
+        self.assertIsInstance(drawn.outputParticles, RelionSetOfPseudoSubtomograms)
+        self.assertEqual(set(r5.item_names(drawn.outputParticles)), {latent.ids[r] for r in rows})
+
         sel = self.newProtocol(TomoDrgnProtSelect, mode=SELECT_CLUSTERS, clusters="0")
         sel.inputParticles.set(ana)
         sel.inputParticles.setExtended("outputParticles")
