@@ -16,8 +16,8 @@ pytest.importorskip("reliontomo")
 from tomodrgn_scipion.convert import relion5 as r5  # noqa: E402
 from tomodrgn_scipion.method.phantom import two_state_phantom  # noqa: E402
 from tomodrgn_scipion.method.simulate import SimulationConfig, simulate  # noqa: E402
-from tomodrgn_scipion.protocols import (TomoDrgnProtAnalyze, TomoDrgnProtImportRelionParticles,  # noqa: E402
-                                        TomoDrgnProtSelect, TomoDrgnProtTrainVAE)
+from tomodrgn_scipion.protocols import (TomoDrgnProtAnalyze, TomoDrgnProtBackproject,  # noqa: E402
+                                        TomoDrgnProtImportRelionParticles, TomoDrgnProtSelect, TomoDrgnProtTrainVAE)
 from tomodrgn_scipion.protocols.protocol_select import SELECT_CLUSTERS  # noqa: E402
 from tomodrgn_scipion.tests.project_test import ProjectTest  # noqa: E402
 from tomodrgn_scipion.tests.test_reliontomo import star_rows  # noqa: E402
@@ -72,6 +72,13 @@ class TestRelion5Chain(ProjectTest):
         self.assertEqual(len(names), 60)
         original = star_rows(str(self.sim / "particles.star"))
         self.assertEqual(names, list(original))
+
+        bp = self.newProtocol(TomoDrgnProtBackproject, useGpu=False)  # the homogeneous map from the same input
+        bp.inputParticles.set(self.imp)
+        bp.inputParticles.setExtended("outputRelionParticles")
+        self.launchProtocol(bp)
+        self.assertEqual(bp.outputVolume.getDim(), (16, 16, 16))
+        self.assertEqual(list(star_rows(bp._getExtraPath("particles.star"))), names)
 
         train = self.newProtocol(TomoDrgnProtTrainVAE, zdim=2, numEpochs=3, **SMALL)
         train.inputParticles.set(self.imp)
