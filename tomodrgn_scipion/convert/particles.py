@@ -1,8 +1,9 @@
-"""RELION 3.0 image-series star files <-> Scipion sets.
+"""Particle tilt-series files (every format of :mod:`..method.formats`) <-> Scipion sets.
 
 * :func:`particles_from_star` / :func:`star_from_particles`: star <-> :class:`TomoDrgnParticles`, one
-  item per particle. The star file stays with the set, and exports restrict it to the particles of the
-  set, so the round trip is exact (same rows, columns and text).
+  item per particle. The star file (or optimisation set) stays with the set, and exports restrict it to
+  the particles of the set in the same format, so the round trip is exact (same rows, blocks, columns
+  and text).
 * :func:`particles_with_z`: attach latent vectors, matched by particle id (never by position).
 * :func:`tilt_images_from_particles` / :func:`star_from_tilt_images`: our set <-> a pwem
   ``SetOfParticles`` with one item per tilt image (CTF, acquisition, and the pose as a Scipion
@@ -22,7 +23,7 @@ from pyworkflow.object import Float, Integer, String
 
 from ..method.errors import InputError
 from ..method.stacks import ImageSource
-from ..method.star import TiltSeriesStar, read_star, write_star
+from ..method.star import TiltSeriesStar, write_star
 from ..objects import TomoDrgnParticle, TomoDrgnParticles
 
 # Extra attributes of each tilt image: RELION's plugin writes ``_rln*`` attributes back as columns.
@@ -41,7 +42,7 @@ def dose_per_tilt(star: TiltSeriesStar) -> float:
 
 
 def particles_from_star(star_path: str | os.PathLike, out: TomoDrgnParticles, datadir: str | os.PathLike | None = None,
-                        protein_dark: bool = False) -> TiltSeriesStar:
+                        protein_dark: bool = False, source_software: str = "auto") -> TiltSeriesStar:
     """Fill ``out`` with one item per particle of a star file (validated, stacks checked).
 
     Parameters
@@ -54,13 +55,15 @@ def particles_from_star(star_path: str | os.PathLike, out: TomoDrgnParticles, da
         Second folder for the image stacks.
     protein_dark : bool
         Images are protein-dark (train with ``--uninvert-data``).
+    source_software : str
+        ``auto`` or a format of :mod:`..method.formats`.
 
     Returns
     -------
     TiltSeriesStar
     """
-    star = TiltSeriesStar(star_path)
-    ImageSource(star.image_names, star_path, datadir=datadir, lazy=True).close()  # every stack, header-checked
+    star = TiltSeriesStar(star_path, source_software=source_software)
+    ImageSource(star.image_names, star.image_anchor, datadir=datadir, lazy=True, named_in=star.path).close()  # every stack, header-checked
     out.setSamplingRate(star.pixel_size)
     out.setStar(str(star_path))
     out.setDataDir(str(datadir) if datadir else None)
@@ -85,9 +88,9 @@ def particles_from_star(star_path: str | os.PathLike, out: TomoDrgnParticles, da
     return star
 
 
-def _particle_rows(particles: TomoDrgnParticles, df) -> np.ndarray:
-    """Star rows of every particle of the set, in file order, after checking their group names."""
-    groups = df["rlnGroupName"].to_numpy(dtype=str)
+def _particle_rows(particles: TomoDrgnParticles, star: TiltSeriesStar) -> np.ndarray:
+    """Image rows of every particle of the set, in file order, after checking their particle names."""
+    groups = np.asarray(star.particle_ids, dtype=object)[star.particle_index].astype(str)
     rows = []
     for p in particles.iterItems(orderBy="id"):
         r = np.asarray(p.getRows(), dtype=np.int64)
@@ -99,18 +102,40 @@ def _particle_rows(particles: TomoDrgnParticles, df) -> np.ndarray:
     return np.sort(np.concatenate(rows))
 
 
+def is_particle_series(path: str | os.PathLike) -> bool:
+    """Whether a star file is a RELION 5 / WarpTools optimisation set or particles.star."""
+    from ..method.formats import is_particle_series as _is
+    from ..method.formats.blocks import read_blocks
+
+    return _is(read_blocks(path))
+
+
+def particle_star_name(particles: TomoDrgnParticles, stem: str) -> str:
+    """File name for an export of the set: ``<stem>.star`` for image series, ``<stem>_optimisation_set.star``
+    for particle series (its ``<stem>_particles.star`` is written beside it)."""
+    return f"{stem}_optimisation_set.star" if is_particle_series(particles.getStar()) else f"{stem}.star"
+
+
 def star_from_particles(particles: TomoDrgnParticles, out_star: str | os.PathLike) -> int:
-    """Write the set's star file restricted to its particles (all columns and text as they were).
+    """Write the set's star file restricted to its particles, in its own format (every block, column and
+    text as they were).
 
     Returns
     -------
     int
-        Number of tilt-image rows written.
+        Number of tilt images of the particles written.
     """
-    df = read_star(particles.getStar())
-    rows = _particle_rows(particles, df)
-    write_star(df.iloc[rows].reset_index(drop=True), out_star)
-    return len(rows)
+    star = TiltSeriesStar(particles.getStar())
+    pos = {pid: i for i, pid in enumerate(star.particle_ids)}
+    sel = []
+    for p in particles.iterItems(orderBy="id"):
+        if p.getParticleId() not in pos:
+            raise InputError(f"{particles.getStar()}: particle {p.getParticleId()} of the set is not in the star file kept with it")
+        sel.append(pos[p.getParticleId()])
+    if not sel:
+        raise InputError("the particle set is empty")
+    star.write_subset(np.asarray(sel), out_star)
+    return int(sum(len(star.rows_of_particle[i]) for i in sel))
 
 
 def particles_with_z(particles: TomoDrgnParticles, out: TomoDrgnParticles, z: np.ndarray, ids: Iterable[str]) -> int:
@@ -182,7 +207,10 @@ def tilt_images_from_particles(particles: TomoDrgnParticles, out: SetOfParticles
         Number of tilt images.
     """
     star = TiltSeriesStar(particles.getStar())
-    src = ImageSource(star.image_names, star.path, datadir=particles.getDataDir(), lazy=True)
+    if star.source != "relion3":
+        raise InputError(f"{particles.getStar()}: one Scipion particle per tilt image is made from RELION 3.0 image series "
+                         f"only; this is a {star.source} file")
+    src = ImageSource(star.image_names, star.image_anchor, datadir=particles.getDataDir(), lazy=True, named_in=star.path)
     src.close()
     bfactor, scale = star.numeric("rlnCtfBfactor"), star.ctf_scalefactor
     out.setSamplingRate(star.pixel_size)
@@ -193,7 +221,7 @@ def tilt_images_from_particles(particles: TomoDrgnParticles, out: SetOfParticles
     acq.setMagnification(10000.0)
     out.setHasCTF(True)
     out.setAlignmentProj()
-    rows = _particle_rows(particles, star.df)
+    rows = _particle_rows(particles, star)
     for r in rows:
         img = Particle()
         img.setLocation(int(src.index[r]) + 1, str(src.paths[src.stack_of[r]]))
@@ -204,7 +232,7 @@ def tilt_images_from_particles(particles: TomoDrgnParticles, out: SetOfParticles
         img.setCTF(ctf)
         img.setAcquisition(acq)
         img.setTransform(Transform(pose_matrix(*star.euler[r], *star.shifts_px[r])))
-        setattr(img, GROUP_ATTR, String(star.df["rlnGroupName"].iat[r]))
+        setattr(img, GROUP_ATTR, String(star.particle_ids[star.particle_index[r]]))
         setattr(img, BFACTOR_ATTR, Float(float(bfactor[r])))
         setattr(img, SCALE_ATTR, Float(float(scale[r])))
         setattr(img, ROW_ATTR, Integer(int(r)))

@@ -82,6 +82,28 @@ class TrainingRun:
         """The star file the run was trained on."""
         return Path(self.config["data"]["particles"])
 
+    def open_star(self, path: str | Path | None = None):
+        """The particles the run was trained on, read in the format it was trained with.
+
+        Parameters
+        ----------
+        path : path-like, optional
+            Where the star file is now, if it has moved (``--particles``).
+
+        Returns
+        -------
+        TiltSeriesStar
+        """
+        from .star import TiltSeriesStar
+
+        d = self.config["data"]
+        star_path = Path(path) if path is not None else self.star
+        if not star_path.is_file():
+            raise InputError(f"{star_path}: training star file not found (moved? give it with --particles)")
+        tomograms = d.get("tomograms")
+        return TiltSeriesStar(star_path, source_software=d.get("source_software", "auto"),
+                              tomograms=tomograms if tomograms and Path(tomograms).is_file() else None)
+
     @property
     def latest_epoch(self) -> int:
         """The last epoch with both ``weights.E.pt`` and ``z.E.npy`` (a run in progress or killed has
@@ -386,7 +408,14 @@ def per_particle_table(star, particle_ids: list[str] | None = None) -> pd.DataFr
     order = np.lexsort((np.arange(star.n_images), star.dose, pidx))
     first_row = order[np.r_[0, np.flatnonzero(np.diff(pidx[order])) + 1]]
     cols: dict[str, np.ndarray] = {}
-    skip = {"rlnGroupName", "rlnImageName", "rlnMicrographName"}
+    skip = {"rlnGroupName", "rlnImageName", "rlnMicrographName", "rlnTomoParticleName", "rlnTomoName", "rlnTomoFrame"}
+    if star.particle_df is not None:
+        # particle series: the particles.star columns are one value per particle already
+        for c in star.particle_df.columns:
+            v = pd.to_numeric(star.particle_df[c], errors="coerce").to_numpy(dtype=np.float64)
+            if c in skip or not np.isfinite(v).all() or np.all(v == v[0]):
+                continue
+            cols["_" + c] = v[idx]
     for c in star.df.columns:
         if c in skip:
             continue

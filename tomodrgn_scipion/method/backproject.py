@@ -2,7 +2,8 @@
 
 Each image's transform ``F_i`` (re-centred by its origin shift) is inserted on its central slice as
 ``h_i F_i`` together with ``h_i^2``, where ``h_i`` is its CTF, optionally times dose and tilt
-attenuation. The map is ``sum h F / (sum h^2 + lambda(k))`` with the noise-to-signal ratio
+attenuation (a CTF-premultiplied image, which already is ``CTF F``, goes in as it is; see
+:meth:`.imaging.ImagingParams.insertion`). The map is ``sum h F / (sum h^2 + lambda(k))`` with the noise-to-signal ratio
 ``lambda`` taken per shell from the half-map FSC (as RELION derives tau^2), refined twice. Half maps
 split particles (never tilts of one particle) by alternating particle order.
 """
@@ -62,8 +63,8 @@ def insert_images(data: TiltSeriesData, rows: np.ndarray, bp: BackProjector, dos
     f = shift_fourier(fft.fft2_center(img), data.shifts(rows).to(g.device))
     # Real images: one frequency of each {k, -k} pair carries all the information.
     values = g.from_grid(f)[:, g.half]
-    h = data.imaging.subset(rows).transfer(g.freqs2d[g.half] / data.pixel_size, dose_weight, tilt_weight, dose_mask)
-    bp.insert(values * h, h, data.rotations(rows))
+    factor, h = data.imaging.subset(rows).insertion(g.freqs2d[g.half] / data.pixel_size, dose_weight, tilt_weight, dose_mask)
+    bp.insert(values * factor, h, data.rotations(rows))
 
 
 def split_halves(data: TiltSeriesData, particles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

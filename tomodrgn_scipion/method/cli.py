@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 
 from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
-from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
+from .cliutil import PARTICLES_HELP, add_data_args, add_device_arg, format_kwargs, load_particle_selection, resolve_device
 from .errors import InputError, MethodError, TrainingError
 
 log = logging.getLogger("tomodrgn_scipion")
@@ -57,6 +57,16 @@ def add_simulate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pad", type=int, default=c.pad, help="Fourier oversampling of the projector")
     p.add_argument("--chunk-images", type=int, default=c.chunk_images, help="images held in memory at once")
     p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--layout", choices=("relion3", "relion31", "relion5", "warptools"), default=c.layout,
+                   help="files to write: relion3 (Warp 1/M image series, default), relion31 (with data_optics), relion5 "
+                        "(optimisation set, 2D stacks per particle, tilt-series stars), warptools (ts_export_particles --2d)")
+    p.add_argument("--premultiply", action="store_true",
+                   help="multiply the images by their CTF, as RELION 5 and WarpTools export them (_rlnCtfDataAreCtfPremultiplied 1)")
+    p.add_argument("--tilt-axis", type=float, default=c.tilt_axis,
+                   help="in-plane angle of the tilt axis, degrees (RELION 5 _rlnTomoZRot; default 0: the image Y axis)")
+    p.add_argument("--tilt-series-geometry", action="store_true",
+                   help="one 3D origin per particle and one astigmatism per tilt, as particle-series files describe them "
+                        "(always so with --layout relion5/warptools): the same images in every layout")
 
 
 def run_simulate(a: argparse.Namespace) -> None:
@@ -94,11 +104,12 @@ def run_simulate(a: argparse.Namespace) -> None:
         defocus_min=a.defocus_min, defocus_max=a.defocus_max, astigmatism=a.astigmatism, shift_std=a.shift_std,
         snr=a.snr, contrast="dark" if a.uninvert_data else a.contrast, continuous=a.continuous, pad=a.pad,
         chunk_images=a.chunk_images, seed=a.seed, stack_dir=str(a.datadir) if a.datadir else None,
+        layout=a.layout, premultiply=a.premultiply, tilt_axis=a.tilt_axis, tilt_series_geometry=a.tilt_series_geometry,
     )
     info = simulate(vols, a.outdir, cfg)
     kind = "continuous (mixing.txt)" if a.continuous else f"{len(vols)} discrete states (labels.txt)"
     print(f"simulated {info['n_particles']} particles, {info['n_images']} tilt images, box {info['box']} px at {pixel:g} A/px, {kind}")
-    print(f"star file: {info['star']}")
+    print(f"star file ({a.layout}{', CTF-premultiplied' if a.premultiply else ''}): {info['star']}")
     print(f"volume-series star (particle coordinates and orientations in the tomograms, for mapback): {info['volume_star']}")
     print(f"ground truth: {Path(a.outdir) / 'ground_truth.csv'}, volumes: {', '.join(str(v) for v in info['volumes'])}")
 
@@ -106,7 +117,7 @@ def run_simulate(a: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------------- backproject
 def add_backproject(p: argparse.ArgumentParser) -> None:
     """Arguments of ``backproject``."""
-    p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
+    p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     p.add_argument("-o", "--output", type=Path, required=True, help="output map (.mrc); half maps, filtered map and FSC go beside it")
     add_data_args(p)
     p.add_argument("--ind", type=Path, help="particle indices to use (.txt one per line, .pkl or .npy; 0-based, order of first appearance)")
@@ -131,12 +142,13 @@ def run_backproject(a: argparse.Namespace) -> None:
         raise InputError("--pad and --batch-size must be >= 1")
     a.device = resolve_device(a.device)
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
-                          window=a.window, window_r=tuple(a.window_r))
+                          window=a.window, window_r=tuple(a.window_r), **format_kwargs(a))
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
     if len(sel) < 2:
         raise InputError("at least two particles are needed for half maps and FSC")
-    log.info("%s: %d particles, %d tilt images, box %d px, %g A/px", a.particles, data.n_particles, data.n_images,
-             data.box, data.pixel_size)
+    log.info("%s (%s): %d particles, %d tilt images, box %d px, %g A/px%s", a.particles, data.star.source,
+             data.n_particles, data.n_images, data.box, data.pixel_size,
+             ", CTF-premultiplied" if data.star.ctf_premultiplied.any() else "")
     r = backproject(data, sel, pad=a.pad, dose_weight=a.recon_dose_weight, tilt_weight=a.recon_tilt_weight,
                     dose_mask=a.l_dose_mask, batch_images=a.batch_size, device=a.device)
     stem = out.with_suffix("")
@@ -172,7 +184,7 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
     "convergence_vae": (convergence.add_convergence_vae, convergence.run_convergence_vae,
                         "judge whether train_vae has converged, from its checkpoints"),
     "filter": (cli_analysis.add_filter, cli_analysis.run_filter,
-               "keep or drop whole particles of an image-series star file (by index or cluster label)"),
+               "keep or drop whole particles (by index or cluster label), written in the input's own format"),
     "mapback": (mapback.add_mapback, mapback.run_mapback,
                 "ChimeraX scripts placing particles, coloured by cluster, in their tomograms"),
     "analyze_volumes": (volume_analysis.add_analyze_volumes, volume_analysis.run_analyze_volumes,

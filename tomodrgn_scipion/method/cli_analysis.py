@@ -195,7 +195,6 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
     from . import plots
     from .analysis import kmeans, pc_traversal, pca, per_particle_table, read_loss, star_index, star_order, umap_embedding
     from .generate import VolumeOptions, write_volumes
-    from .star import TiltSeriesStar
 
     t0 = time.monotonic()
     epoch = run.resolve_epoch(epoch)
@@ -210,10 +209,7 @@ def run_analysis(run: TrainingRun, epoch: int | None, k: int, anadir: Path | Non
     opts = volume_options or VolumeOptions()
     opts.out_box(run.box)
     anadir = anadir or run.outdir / f"analyze.{epoch}"
-    star_path = star_path or run.star
-    if not star_path.is_file():
-        raise InputError(f"{star_path}: training star file not found (moved? give it with --particles)")
-    star = TiltSeriesStar(star_path)
+    star = run.open_star(star_path)
     table = per_particle_table(star, run.particle_ids)
     log.info("analysing epoch %d of %s: %d particles, zdim %d", epoch, run.outdir, n, zdim)
     figs: dict[str, Figure] = {}
@@ -404,7 +400,9 @@ def run_graph_traversal(a: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------------- filter
 def add_filter(p: argparse.ArgumentParser) -> None:
     """Arguments of ``filter``."""
-    p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
+    from .cliutil import PARTICLES_HELP, add_format_args
+
+    p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     sel = p.add_mutually_exclusive_group(required=True)
     sel.add_argument("--ind", type=Path, help="particle indices (0-based, star order; .txt one per line, .npy or .pkl)")
     sel.add_argument("--labels", type=Path, help="one integer label per particle, star order (e.g. kmeansK/labels.txt)")
@@ -412,7 +410,11 @@ def add_filter(p: argparse.ArgumentParser) -> None:
     p.add_argument("--action", choices=("keep", "drop"), default="keep",
                    help="keep the selected particles, or drop them and keep the rest (default: keep)")
     p.add_argument("--tomogram", help="also write OUT_<tomogram>.star for this tomogram, or one per tomogram with 'all'")
-    p.add_argument("-o", "--output", type=Path, required=True, help="output star file")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output star file, in the input's format: for an optimisation set, the new optimisation set "
+                        "(X_optimisation_set.star; its X_particles.star is written beside it and names the same tomograms.star)")
+    g = p.add_argument_group("format")
+    add_format_args(g)
 
 
 def _read_ints(path: Path, what: str) -> np.ndarray:
@@ -493,11 +495,12 @@ def filter_rows(star, particles: np.ndarray) -> np.ndarray:
 
 def run_filter(a: argparse.Namespace) -> None:
     """Run ``filter``."""
-    from .star import TiltSeriesStar, write_star
+    from .cliutil import format_kwargs
+    from .star import TiltSeriesStar
 
     if a.labels_sel and a.labels is None:
         raise InputError("--labels-sel needs --labels")
-    star = TiltSeriesStar(a.particles)
+    star = TiltSeriesStar(a.particles, **format_kwargs(a))
     parts = select_particles(star.n_particles, a.ind, a.labels, a.labels_sel, a.action)
     tomos = np.asarray(star.tomogram_of_particle(), dtype=object)
     if a.tomogram and a.tomogram != "all" and a.tomogram not in set(tomos):
@@ -506,8 +509,8 @@ def run_filter(a: argparse.Namespace) -> None:
                          f"{', ...' if len(names) > 10 else ''})")
     out = a.output if a.output.suffix == ".star" else a.output.with_suffix(".star")
     rows = filter_rows(star, parts)
-    write_star(star.df.iloc[rows], out)
-    print(f"kept {len(parts)} of {star.n_particles} particles ({len(rows)} tilt images) -> {out}")
+    written = star.write_subset(parts, out)
+    print(f"kept {len(parts)} of {star.n_particles} particles ({len(rows)} tilt images) -> {', '.join(map(str, written))}")
     if a.tomogram:
         wanted = sorted(set(tomos[parts])) if a.tomogram == "all" else [a.tomogram]
         for t in wanted:
@@ -515,7 +518,15 @@ def run_filter(a: argparse.Namespace) -> None:
             if len(mine) == 0:
                 print(f"tomogram {t}: no selected particle; no file written")
                 continue
-            path = out.with_name(f"{out.stem}_{safe_name(t)}.star")
+            path = _per_tomogram_name(out, safe_name(t))
             r = filter_rows(star, mine)
-            write_star(star.df.iloc[r], path)
-            print(f"tomogram {t}: {len(mine)} particles ({len(r)} tilt images) -> {path}")
+            written = star.write_subset(mine, path)
+            print(f"tomogram {t}: {len(mine)} particles ({len(r)} tilt images) -> {', '.join(map(str, written))}")
+
+
+def _per_tomogram_name(out: Path, tomogram: str) -> Path:
+    """``OUT_<tomogram>.star``; for an optimisation set ``X_optimisation_set.star``, ``X_<tomogram>_optimisation_set.star``."""
+    tail = "_optimisation_set.star"
+    if out.name.endswith(tail):
+        return out.with_name(f"{out.name[:-len(tail)]}_{tomogram}{tail}")
+    return out.with_name(f"{out.stem}_{tomogram}.star")

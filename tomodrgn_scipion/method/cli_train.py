@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .cliutil import add_data_args, add_device_arg, load_particle_selection, resolve_device
+from .cliutil import PARTICLES_HELP, add_data_args, add_device_arg, add_format_args, format_kwargs, load_particle_selection, resolve_device
 from .errors import InputError
+from .formats import DESCRIPTION
 
 if TYPE_CHECKING:
     from .models import TomoModel
@@ -68,7 +69,7 @@ def add_train_vae(p: argparse.ArgumentParser) -> None:
     """Arguments of ``train_vae``."""
     from .models import POOLING
 
-    p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
+    p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     p.add_argument("--zdim", type=int, required=True, help="dimension of the latent variable")
     add_data_args(p)
@@ -93,7 +94,7 @@ def add_train_vae(p: argparse.ArgumentParser) -> None:
 
 def add_train_nn(p: argparse.ArgumentParser) -> None:
     """Arguments of ``train_nn``."""
-    p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
+    p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     p.add_argument("-o", "--outdir", type=Path, required=True, help="output folder")
     add_data_args(p)
     _add_selection_args(p)
@@ -119,7 +120,9 @@ def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tup
         raise InputError(f"--num-workers {a.num_workers}: must be >= 0")
     device = resolve_device(a.device)
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
-                          window=a.window, window_r=tuple(a.window_r))
+                          window=a.window, window_r=tuple(a.window_r), **format_kwargs(a))
+    log.info("%s: %s%s", a.particles, DESCRIPTION[data.star.source],
+             ", CTF-premultiplied" if data.star.ctf_premultiplied.any() else "")
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
     ntilts = getattr(a, "ntilts", None) if zdim > 0 else 0
     if ntilts is not None and zdim > 0 and ntilts < 1:
@@ -128,6 +131,8 @@ def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tup
                              tilt_weight=a.recon_tilt_weight, dose_mask=a.l_dose_mask, device=device, seed=a.seed)
     data_cfg = {
         "particles": str(Path(a.particles).resolve()), "datadir": str(Path(a.datadir).resolve()) if a.datadir else None,
+        "source_software": data.star.source, "tomograms": str(Path(a.tomograms).resolve()) if a.tomograms else None,
+        "ctf_premultiplied": format_kwargs(a)["ctf_premultiplied"], "dose_weighted": format_kwargs(a)["dose_weighted"],
         "invert": not a.uninvert_data, "window": a.window, "window_r": list(a.window_r), "norm": pdata.norm,
         "box": data.box, "pixel_size": data.pixel_size, "ntilts": pdata.ntilts,
         "ind": str(Path(a.ind).resolve()) if a.ind else None, "first": a.first,
@@ -268,10 +273,11 @@ def run_eval_vol(a: argparse.Namespace) -> None:
 
 def add_eval_images(p: argparse.ArgumentParser) -> None:
     """Arguments of ``eval_images``."""
-    p.add_argument("particles", type=Path, help="RELION 3.0 image-series star file")
+    p.add_argument("particles", type=Path, help=PARTICLES_HELP)
     _add_model_args(p)
     p.add_argument("--out-z", type=Path, required=True, help="output latent means (.npy, particles x zdim)")
     p.add_argument("--out-zlogvar", type=Path, help="output latent log-variances (.npy)")
+    add_format_args(p)
     p.add_argument("--datadir", type=Path, help="second folder to look for image stacks in")
     p.add_argument("--lazy", action="store_true", help="read images from disk as needed")
     _add_selection_args(p)
@@ -291,8 +297,12 @@ def run_eval_images(a: argparse.Namespace) -> None:
     if a.batch_size < 1:
         raise InputError("-b/--batch-size must be >= 1")
     d = cfg["data"]
+    fmt = format_kwargs(a)
+    # what the run was trained with, unless told otherwise
+    for key in ("ctf_premultiplied", "dose_weighted"):
+        fmt[key] = d.get(key) if fmt[key] is None else fmt[key]
     data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=d["invert"], window=d["window"],
-                          window_r=tuple(d["window_r"]))
+                          window_r=tuple(d["window_r"]), **fmt)
     if data.box != model.cfg.box:
         raise InputError(f"{a.particles}: images are {data.box} px, the model was trained on {model.cfg.box} px")
     sel = load_particle_selection(a.ind, a.first, data.n_particles)

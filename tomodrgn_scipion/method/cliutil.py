@@ -8,8 +8,36 @@ import numpy as np
 
 from .errors import InputError
 
+PARTICLES_HELP = ("particle tilt series: a RELION 3.0 or 3.1 image-series star (Warp 1, M), or a RELION 5 / WarpTools "
+                  "optimisation set (or its particles.star with --tomograms)")
+
+
+def add_format_args(p: argparse._ActionsContainer) -> None:
+    """How the particle files are read: ``--source-software``, ``--tomograms``, ``--image-ctf-premultiplied``,
+    ``--image-dose-weighted``."""
+    from .formats import DESCRIPTION
+
+    kinds = "; ".join(f"{k}: {v}" for k, v in DESCRIPTION.items())
+    p.add_argument("--source-software", default="auto",
+                   help=f"format of the particle files (default: auto, detected from their blocks and columns; {kinds})")
+    p.add_argument("--tomograms", type=Path,
+                   help="tomograms.star of a RELION 5 / WarpTools particles.star given without its optimisation set")
+    for flag, what in (("--image-ctf-premultiplied", "multiplied by their CTF"), ("--image-dose-weighted", "weighted by their dose")):
+        p.add_argument(flag, nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
+                       help=f"images are already {what} by the exporter: yes (the flag alone) or no overrides what the "
+                            f"files say (default: auto, from _rlnCtfDataAreCtfPremultiplied)")
+
+
+def format_kwargs(a: argparse.Namespace) -> dict:
+    """Keyword arguments of :class:`.star.TiltSeriesStar` (and :class:`.dataset.TiltSeriesData`) from
+    :func:`add_format_args`' options."""
+    tri = {"auto": None, "yes": True, "no": False}
+    return {"source_software": a.source_software, "tomograms": a.tomograms,
+            "ctf_premultiplied": tri[a.image_ctf_premultiplied], "dose_weighted": tri[a.image_dose_weighted]}
+
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
+    add_format_args(p)
     p.add_argument("--datadir", type=Path, help="second folder to look for image stacks in (after the star file's folder)")
     p.add_argument("--uninvert-data", action="store_true",
                    help="do not invert image contrast (for protein-dark images; Warp/RELION export protein-light ones, which are inverted by default)")

@@ -20,8 +20,8 @@ class TiltSeriesData:
 
     Parameters
     ----------
-    star_path : path-like
-        RELION 3.0 image-series star.
+    star_path : path-like or TiltSeriesStar
+        Particle tilt series in any format of :mod:`.formats`, or the model already read.
     datadir : path-like, optional
         Second folder where image stacks are looked for.
     lazy : bool
@@ -33,6 +33,8 @@ class TiltSeriesData:
         Apply a soft circular real-space window (radii ``window_r`` as fractions of D/2).
     window_r : tuple of float
         Inner and outer radius of the window.
+    source_software, tomograms, ctf_premultiplied, dose_weighted
+        As for :class:`.star.TiltSeriesStar`.
 
     Attributes
     ----------
@@ -44,16 +46,23 @@ class TiltSeriesData:
         Per-image CTF, dose and tilt, shape (N_images,) each.
     """
 
-    def __init__(self, star_path: str | os.PathLike, datadir: str | os.PathLike | None = None, lazy: bool = False,
-                 invert: bool = True, window: bool = True, window_r: tuple[float, float] = (0.85, 0.99)):
-        self.star = TiltSeriesStar(star_path)
-        self.images = ImageSource(self.star.image_names, star_path, datadir=datadir, lazy=lazy)
+    def __init__(self, star_path: str | os.PathLike | TiltSeriesStar, datadir: str | os.PathLike | None = None,
+                 lazy: bool = False, invert: bool = True, window: bool = True,
+                 window_r: tuple[float, float] = (0.85, 0.99), source_software: str = "auto",
+                 tomograms: str | os.PathLike | None = None, ctf_premultiplied: bool | None = None,
+                 dose_weighted: bool | None = None):
+        self.star = star_path if isinstance(star_path, TiltSeriesStar) else TiltSeriesStar(
+            star_path, source_software=source_software, tomograms=tomograms, ctf_premultiplied=ctf_premultiplied,
+            dose_weighted=dose_weighted)
+        self.images = ImageSource(self.star.image_names, self.star.image_anchor, datadir=datadir, lazy=lazy,
+                                  named_in=self.star.path)
         self.box = self.images.box
         self.pixel_size = self.star.pixel_size
         self.invert = invert
         self.window = soft_circular_window(self.box, *window_r) if window else None
         s = self.star
-        self.imaging = ImagingParams(s.dfu, s.dfv, s.dfang, s.voltage, s.cs, s.w, s.phase_shift, s.dose, s.ctf_scalefactor)
+        self.imaging = ImagingParams(s.dfu, s.dfv, s.dfang, s.voltage, s.cs, s.w, s.phase_shift, s.dose, s.ctf_scalefactor,
+                                     premultiplied=s.ctf_premultiplied, dose_weighted=s.dose_weighted)
 
     @property
     def n_images(self) -> int:

@@ -2,6 +2,13 @@
 
 One :class:`ImagingParams` serves simulation (which applies the whole transfer), reconstruction
 and training (which weight by the parts the user asks for).
+
+CTF-premultiplied images (``_rlnCtfDataAreCtfPremultiplied 1``, RELION 5's and WarpTools' default) were
+multiplied by the exporter with the CTF in RELION's sign, which is minus the CTF of :mod:`.ctf`
+(:data:`PREMULTIPLIED_SIGN`). With the contrast handled as for plain images (inverted for
+protein-light data), such an image holds ``-CTF^2`` times the projection where a plain one holds
+``CTF``: :meth:`ImagingParams.data_transfer` is what the images hold, and back-projection inserts a
+premultiplied image as it is (it already is ``CTF x image`` up to that sign).
 """
 from __future__ import annotations
 
@@ -14,6 +21,9 @@ from . import dose as dose_mod
 from .ctf import compute_ctf
 
 Tensor = torch.Tensor
+
+#: The sign of the CTF exporters premultiply with (RELION's), relative to :func:`.ctf.compute_ctf`.
+PREMULTIPLIED_SIGN = -1.0
 
 
 @dataclass
@@ -30,6 +40,9 @@ class ImagingParams:
     phase_shift : degrees
     dose : cumulative dose, e/A^2
     ctf_scalefactor : cos(stage tilt)
+    premultiplied : bool, images already multiplied by their CTF (default all False)
+    dose_weighted : bool, images already weighted by their dose; no dose weight is applied again
+        (default all False)
     """
 
     dfu: np.ndarray
@@ -41,6 +54,13 @@ class ImagingParams:
     phase_shift: np.ndarray
     dose: np.ndarray
     ctf_scalefactor: np.ndarray
+    premultiplied: np.ndarray | None = None
+    dose_weighted: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.dfu)
+        self.premultiplied = np.zeros(n, bool) if self.premultiplied is None else np.asarray(self.premultiplied, bool)
+        self.dose_weighted = np.zeros(n, bool) if self.dose_weighted is None else np.asarray(self.dose_weighted, bool)
 
     def __len__(self) -> int:
         return len(self.dfu)
@@ -51,7 +71,8 @@ class ImagingParams:
 
     def ctf(self, freqs_a: Tensor) -> Tensor:
         """CTF (tomoDRGN sign), shape (N, M), at frequencies ``freqs_a`` (M, 2) in 1/A."""
-        t = {f.name: torch.as_tensor(getattr(self, f.name), dtype=torch.float64, device=freqs_a.device) for f in fields(self)}
+        t = {k: torch.as_tensor(getattr(self, k), dtype=torch.float64, device=freqs_a.device)
+             for k in ("dfu", "dfv", "dfang", "voltage", "cs", "w", "phase_shift")}
         return compute_ctf(freqs_a, t["dfu"], t["dfv"], t["dfang"], t["voltage"], t["cs"], t["w"], t["phase_shift"])
 
     def attenuation(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,
@@ -76,12 +97,50 @@ class ImagingParams:
         a = torch.ones(len(self), freqs_a.shape[0], dtype=freqs_a.dtype, device=freqs_a.device)
         k = freqs_a.norm(dim=-1)
         if dose_weight:
-            a = a * dose_mod.dose_weights(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(a)
+            # images the exporter already dose-weighted are not weighted a second time
+            dose = torch.as_tensor(np.where(self.dose_weighted, 0.0, self.dose))
+            a = a * dose_mod.dose_weights(k, dose, torch.as_tensor(self.voltage)).to(a)
         if tilt_weight:
             a = a * dose_mod.tilt_weights(torch.as_tensor(self.ctf_scalefactor, device=a.device)).to(a)[:, None]
         if dose_mask:
             a = a * dose_mod.optimal_exposure_mask(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(a)
         return a
+
+    def data_transfer(self, freqs_a: Tensor) -> Tensor:
+        """What each image holds of the projection at each frequency: the CTF, or for premultiplied
+        images ``PREMULTIPLIED_SIGN x CTF^2``.
+
+        Returns
+        -------
+        Tensor, shape (N, M), dtype of ``freqs_a``
+        """
+        h = self.ctf(freqs_a)
+        if self.premultiplied.any():
+            pre = torch.as_tensor(self.premultiplied, device=h.device)[:, None]
+            h = torch.where(pre, PREMULTIPLIED_SIGN * h * h, h)
+        return h
+
+    def insertion(self, freqs_a: Tensor, dose_weight: bool = False, tilt_weight: bool = False,
+                  dose_mask: bool = False) -> tuple[Tensor, Tensor]:
+        """Back-projection terms: the factor each image transform is inserted with, and the transfer
+        ``h`` whose square is its weight.
+
+        For a plain image with ``h = CTF x attenuation`` the factor is ``h``; a premultiplied image
+        already holds ``PREMULTIPLIED_SIGN x CTF x image``, so it is inserted with
+        ``PREMULTIPLIED_SIGN x attenuation`` and the same weight ``h^2``.
+
+        Returns
+        -------
+        factor, h : Tensor, shape (N, M), dtype of ``freqs_a``
+        """
+        h = self.transfer(freqs_a, dose_weight, tilt_weight, dose_mask)
+        factor = h
+        if self.premultiplied.any():
+            att = self.attenuation(freqs_a, dose_weight, tilt_weight, dose_mask) if (dose_weight or tilt_weight or dose_mask) \
+                else torch.ones_like(h)
+            pre = torch.as_tensor(self.premultiplied, device=h.device)[:, None]
+            factor = torch.where(pre, PREMULTIPLIED_SIGN * att, h)
+        return factor, h
 
     def transfer(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,
                  dose_mask: bool = False) -> Tensor:

@@ -70,12 +70,9 @@ class VolumeSeries:
 
 def _numeric(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     """A star column as float64, shape (N,); text, NaN or infinity give a one-line :class:`InputError`."""
-    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(values)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{path}: row {row + 1}: column _{column} has {df[column].iloc[row]!r}, expected a finite number")
-    return values
+    from .formats.relion import numeric
+
+    return numeric(df, column, str(path))
 
 
 def _positive(values: np.ndarray, column: str, path: Path) -> np.ndarray:
@@ -451,7 +448,7 @@ def _particle_box_a(a: argparse.Namespace, star: TiltSeriesStar | None) -> float
 
         try:
             # one stack's header is enough: all stacks share the box
-            return ImageSource(star.image_names[:1], star.path, lazy=True).box * star.pixel_size
+            return ImageSource(star.image_names[:1], star.image_anchor, lazy=True, named_in=star.path).box * star.pixel_size
         except InputError as exc:
             log.info("particle box unknown (%s)", exc)
     return None

@@ -167,7 +167,9 @@ class ParticleTiltData:
     def _ctf_weight(self, rows: np.ndarray) -> tuple[Tensor, Tensor | None]:
         """CTF and, when any loss weight is asked for, dose/tilt attenuation of star rows, float32 (n, H)."""
         imaging = self.data.imaging.subset(rows)
-        ctf = imaging.ctf(self.freqs_a).to(torch.float32)
+        # what the images hold of the slice: the CTF, or -CTF^2 for premultiplied images, whose
+        # sign is then also all the encoder's phase flip does
+        ctf = imaging.data_transfer(self.freqs_a).to(torch.float32)
         att = imaging.attenuation(self.freqs_a, *self.flags).to(torch.float32) if any(self.flags) else None
         return ctf, att
 

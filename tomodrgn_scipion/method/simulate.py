@@ -30,11 +30,13 @@ import pandas as pd
 import torch
 
 from . import fft
-from .imaging import ImagingParams
+from .imaging import PREMULTIPLIED_SIGN, ImagingParams
+from .lattice import Lattice
 from .outputs import write_text
 from .progress import Progress
 from .projection import Projector, SliceGeometry
 from .stacks import StackWriter, write_mrc
+from .formats.relion import relion31_tables
 from .star import StarWriter
 from .transforms import matrix_to_euler, random_rotations, rotation_about_y, shift_fourier
 
@@ -55,6 +57,9 @@ VOLUME_STAR_NAME = "particles_volumes.star"
 # spawn key of the generator of the draws added with the volume-series star (the y coordinates): a
 # stream of its own, so that every earlier draw, hence particles.star and the stacks, stay as they were
 _PLACEMENT_STREAM = (3,)
+# the same for the draws of the tilt-series geometry (3D origins, per-frame astigmatism)
+_FRAME_STREAM = (4,)
+LAYOUTS = ("relion3", "relion31", "relion5", "warptools")
 
 
 def tilt_scheme(max_tilt: float = 60.0, step: float = 3.0, scheme: str = "dose-symmetric") -> np.ndarray:
@@ -106,6 +111,29 @@ class SimulationConfig:
     chunk_images: int = 1024
     seed: int = 0
     stack_dir: str | None = None
+    layout: str = "relion3"
+    premultiply: bool = False
+    tilt_axis: float = 0.0
+    tilt_series_geometry: bool = False
+
+    @property
+    def particle_series(self) -> bool:
+        """Whether the layout lists particles with 2D stacks (RELION 5, WarpTools)."""
+        return self.layout in ("relion5", "warptools")
+
+    @property
+    def frame_geometry(self) -> bool:
+        """Whether images follow one geometry per tilt series: a 3D origin per particle projected
+        into each tilt, and one astigmatism per tilt (forced by the particle-series layouts, whose files
+        cannot say anything else)."""
+        return self.tilt_series_geometry or self.particle_series
+
+
+def _rz(angle_deg: float) -> torch.Tensor:
+    """Active right-handed rotation about z by ``angle_deg`` (RELION 5's ZRot), shape (3, 3)."""
+    a = np.radians(angle_deg)
+    c, s = np.cos(a), np.sin(a)
+    return torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
 
 def _fmt(x: np.ndarray, digits: int) -> list[str]:
@@ -149,6 +177,14 @@ class _Simulator:
         self.tomo_defocus = rng.uniform(cfg.defocus_min, cfg.defocus_max, self.n_tomos)
         self.tomo_names = [f"tomo_{t:03d}" for t in range(self.n_tomos)]
         self.pids = [f"{t:03d}_{p - t * cfg.particles_per_tomogram:06d}" for p, t in enumerate(self.tomo_index)]
+        frame_rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=_FRAME_STREAM))
+        # 3D origin of each particle (A): where the particle centre is off its listed coordinate
+        self.origin_a = frame_rng.normal(0.0, cfg.shift_std * cfg.pixel_size, (n, 3)) if cfg.shift_std > 0 else np.zeros((n, 3))
+        nt = len(self.tilts)
+        self.frame_astig = frame_rng.uniform(-cfg.astigmatism / 2, cfg.astigmatism / 2, (self.n_tomos, nt))
+        self.frame_dfang = frame_rng.uniform(-180.0, 180.0, (self.n_tomos, nt))
+        # the tilt series' frame rotation R_f = Rz(tilt axis) Ry_relion(t) (RELION 5: YTilt = -t, ZRot = axis)
+        self.frame_rot = _rz(cfg.tilt_axis) @ rotation_about_y(torch.as_tensor(self.tilts))
         self.geom = SliceGeometry(self.d, cfg.pad)
         self.projectors = [Projector(torch.from_numpy(np.asarray(v, dtype=np.float64)), self.geom) for v in volumes]
         self.freqs_a = self.geom.freqs2d / cfg.pixel_size
@@ -164,18 +200,26 @@ class _Simulator:
         m = len(parts) * nt
         tilt = np.tile(self.tilts, len(parts))
         pidx = np.repeat(parts, nt)
-        rot = rotation_about_y(torch.as_tensor(tilt)) @ self.rot_p[torch.as_tensor(pidx)]
+        frame_rot = self.frame_rot[torch.as_tensor(np.tile(np.arange(nt), len(parts)))]
+        rot = frame_rot @ self.rot_p[torch.as_tensor(pidx)]
         rad = np.radians(tilt)
-        # height of the particle along the beam in the tilted specimen (RELION's Ry, third row)
+        # height of the particle along the beam in the tilted specimen (RELION's Ry, third row; the tilt
+        # axis rotation Rz leaves it unchanged)
         height = np.sin(rad) * self.pos_x[pidx] + np.cos(rad) * self.pos_z[pidx]
         df_mean = self.tomo_defocus[t] - height
         astig = rng.uniform(-cfg.astigmatism / 2, cfg.astigmatism / 2, m)
+        dfang = rng.uniform(-180.0, 180.0, m)
+        if cfg.frame_geometry:
+            astig, dfang = np.tile(self.frame_astig[t], len(parts)), np.tile(self.frame_dfang[t], len(parts))
         params = ImagingParams(
-            dfu=df_mean + astig, dfv=df_mean - astig, dfang=rng.uniform(-180.0, 180.0, m),
+            dfu=df_mean + astig, dfv=df_mean - astig, dfang=dfang,
             voltage=np.full(m, cfg.voltage), cs=np.full(m, cfg.cs), w=np.full(m, cfg.amplitude_contrast),
             phase_shift=np.full(m, cfg.phase_shift), dose=np.tile(self.dose, len(parts)), ctf_scalefactor=np.cos(rad),
         )
         shifts = rng.normal(0.0, cfg.shift_std, (m, 2)) if cfg.shift_std > 0 else np.zeros((m, 2))
+        if cfg.frame_geometry:
+            # RELION's origin of each image: the particle's 3D origin seen in the tilt (exp_model.cpp)
+            shifts = np.einsum("nij,nj->ni", frame_rot.numpy(), self.origin_a[pidx])[:, :2] / cfg.pixel_size
         return _TiltImages(pidx, rot, params, shifts)
 
     def signal(self, ti: _TiltImages, rows: slice) -> np.ndarray:
@@ -196,6 +240,14 @@ class _Simulator:
         # The particle centre sits at -origin in the image (RELION's convention).
         img = fft.ifft2_center(shift_fourier(f, -torch.as_tensor(ti.shifts[rows]))).real.numpy()
         return -img if self.cfg.contrast == "light" else img
+
+    def premultiply(self, img: np.ndarray, params: ImagingParams) -> np.ndarray:
+        """Images multiplied by their CTF as RELION 5 and WarpTools do (RELION's sign, minus ours),
+        over the whole box, noise included; float64, shape (B, D, D)."""
+        lat = Lattice(self.d, dtype=torch.float64)
+        ctf = params.ctf(lat.freqs2d / self.cfg.pixel_size).reshape(-1, self.d, self.d)
+        f = fft.fft2_center(torch.as_tensor(img)) * (PREMULTIPLIED_SIGN * ctf)
+        return fft.ifft2_center(f).real.numpy()
 
     def noise_sigma(self, chunk: int) -> float:
         """Noise std giving the target SNR over the noise-free images of up to 8 tomograms spread
@@ -254,35 +306,31 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     for i, v in enumerate(volumes):
         write_mrc(vol_dir / f"vol_{i:03d}.mrc", v, cfg.pixel_size)
 
-    stack_dir = Path(cfg.stack_dir) if cfg.stack_dir else out / "stacks"
-    try:
-        stack_ref = stack_dir.resolve().relative_to(out.resolve()).as_posix() + "/"
-    except ValueError:
-        stack_ref = ""
-    star = StarWriter(out / "particles.star", STAR_COLUMNS)
+    if cfg.layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}")
+    writer = _LayoutWriter(sim, out)
     progress = Progress(n * n_tilts, "simulated", "images", log)
+    if cfg.particle_series:
+        chunk = max(1, chunk // n_tilts) * n_tilts  # whole particles: each has a stack of its own
     try:
         for t in range(sim.n_tomos):
             ti = sim.tomogram(t)
             m = len(ti.particle)
             noise_rng = np.random.default_rng([cfg.seed, t, 2])
-            writer = StackWriter(stack_dir / f"{sim.tomo_names[t]}.mrcs", m, d, cfg.pixel_size)
-            try:
-                for c0 in range(0, m, chunk):
-                    img = sim.signal(ti, slice(c0, c0 + chunk))
-                    if noise_sigma:
-                        img = img + noise_rng.normal(0.0, noise_sigma, img.shape)
-                    writer.write(c0, img.astype(np.float32))
-                    progress.update(len(img))
-            except BaseException:
-                writer.abort()
-                raise
-            writer.close()
-            star.append(_star_rows(sim, t, ti, cfg, stack_ref))
+            writer.begin(t, ti)
+            for c0 in range(0, m, chunk):
+                img = sim.signal(ti, slice(c0, c0 + chunk))
+                if noise_sigma:
+                    img = img + noise_rng.normal(0.0, noise_sigma, img.shape)
+                if cfg.premultiply:
+                    img = sim.premultiply(img, ti.params.subset(np.arange(c0, min(m, c0 + chunk))))
+                writer.images(c0, img.astype(np.float32))
+                progress.update(len(img))
+            writer.end(t, ti)
     except BaseException:
-        star.abort()
+        writer.abort()
         raise
-    star.close()
+    main_star = writer.close()
 
     vol_star = StarWriter(out / VOLUME_STAR_NAME, VOLUME_STAR_COLUMNS)
     try:
@@ -294,7 +342,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
 
     e_rot, e_tilt, e_psi = (x.numpy() for x in matrix_to_euler(sim.rot_p))
     truth = pd.DataFrame({
-        "particle": sim.pids, "tomogram": [sim.tomo_names[t] for t in sim.tomo_index],
+        "particle": writer.particle_names, "tomogram": [sim.tomo_names[t] for t in sim.tomo_index],
         "label": sim.labels if sim.labels is not None else -1,
         "mixing": sim.mix if sim.mix is not None else np.nan,
         "rot": e_rot, "tilt": e_tilt, "psi": e_psi,
@@ -307,7 +355,7 @@ def simulate(volumes: list[np.ndarray], out_dir: str | Path, cfg: SimulationConf
     else:
         write_text(out / "mixing.txt", "".join(f"{v:.6f}\n" for v in sim.mix))
     return {
-        "star": out / "particles.star", "volume_star": out / VOLUME_STAR_NAME,
+        "star": main_star, "volume_star": out / VOLUME_STAR_NAME, "layout": cfg.layout,
         "n_particles": n, "n_images": n * n_tilts, "box": d,
         "pixel_size": cfg.pixel_size, "noise_sigma": noise_sigma,
         "volumes": [vol_dir / f"vol_{i:03d}.mrc" for i in range(len(volumes))],
@@ -367,3 +415,194 @@ def volume_star_rows(sim: _Simulator) -> pd.DataFrame:
         "rlnDetectorPixelSize": repr(float(cfg.pixel_size)),
         "rlnPixelSize": repr(float(cfg.pixel_size)),
     })
+
+
+class _LayoutWriter:
+    """Writes the simulated images and their star files in the layout of ``sim.cfg.layout``.
+
+    * ``relion3``: ``particles.star`` (one row per image, every column), ``stacks/<tomogram>.mrcs``.
+    * ``relion31``: the same images; ``particles.star`` with ``data_optics`` and origins in A.
+    * ``relion5``: ``optimisation_set.star`` -> ``particles.star`` (``data_general``, ``data_optics``,
+      ``data_particles``: one row per particle, centred coordinates in A, 3D origin) and
+      ``tomograms.star`` (``data_global``) -> ``tilt_series/<tomogram>.star`` (``_rlnTomoXTilt/YTilt/ZRot``,
+      defocus at the tomogram centre, pre-exposure, frames sorted by tilt angle);
+      ``Subtomograms/<tomogram>/<n>_stack2d.mrcs`` (the particle's frames in frame order).
+    * ``warptools``: ``particles_optimisation_set.star`` -> ``particles.star`` (coordinates in pixels
+      from the tomogram corner) and ``particles_tomograms.star`` with one block ``data_<tomogram>.tomostar``
+      per tilt series (``_rlnTomoProjX/Y/Z/W``); ``particleseries/<tomogram>/<tomogram>_<px>A_<id>.mrcs``.
+
+    In the particle-series layouts the hand is written so that the format's own defocus model gives the
+    simulated defocus (``-1`` for RELION, ``+1`` for WarpTools, whose depth sign is RELION's opposite).
+    """
+
+    def __init__(self, sim: _Simulator, out: Path):
+        self.sim, self.cfg, self.out = sim, sim.cfg, out
+        cfg = self.cfg
+        self.frames = np.argsort(sim.tilts, kind="stable")  # acquisition index of each frame
+        self.particle_names: list[str] = []
+        self.rows: list[pd.DataFrame] = []
+        self.tomo_blocks: list[str] = []
+        self.written: list[Path] = []
+        self.stack = None
+        if not cfg.particle_series:
+            stack_dir = Path(cfg.stack_dir) if cfg.stack_dir else out / "stacks"
+            self.stack_dir = stack_dir
+            try:
+                self.stack_ref = stack_dir.resolve().relative_to(out.resolve()).as_posix() + "/"
+            except ValueError:
+                self.stack_ref = ""
+            # RELION 3.1: made with the first rows, which give the optics table
+            self.star = StarWriter(out / "particles.star", STAR_COLUMNS) if cfg.layout == "relion3" else None
+        else:
+            self.star = None
+            self.stack_dir = Path(cfg.stack_dir) if cfg.stack_dir else out / ("Subtomograms" if cfg.layout == "relion5" else "particleseries")
+
+    def _name(self, t: int, k: int) -> str:
+        tomo = self.sim.tomo_names[t]
+        return f"{tomo}/{k + 1}" if self.cfg.particle_series else self.sim.pids[int(self.sim.members(t)[k])]
+
+    def _stack_path(self, t: int, k: int) -> Path:
+        tomo = self.sim.tomo_names[t]
+        if self.cfg.layout == "relion5":
+            return self.stack_dir / tomo / f"{k + 1}_stack2d.mrcs"
+        return self.stack_dir / tomo / f"{tomo}_{self.cfg.pixel_size:.2f}A_{k + 1:06d}.mrcs"
+
+    def begin(self, t: int, ti: _TiltImages) -> None:
+        self._tomo = t
+        self.particle_names += [self._name(t, k) for k in range(len(self.sim.members(t)))]
+        if not self.cfg.particle_series:
+            self.stack = StackWriter(self.stack_dir / f"{self.sim.tomo_names[t]}.mrcs", len(ti.particle), self.sim.d,
+                                     self.cfg.pixel_size)
+
+    def images(self, start: int, img: np.ndarray) -> None:
+        if self.stack is not None:
+            self.stack.write(start, img)
+            return
+        nt = len(self.frames)
+        for q in range(len(img) // nt):
+            k = start // nt + q
+            t = self._tomo
+            path = self._stack_path(t, k)
+            write_mrc(path, img[q * nt:(q + 1) * nt][self.frames], self.cfg.pixel_size)
+            self.written.append(path)
+
+    def end(self, t: int, ti: _TiltImages) -> None:
+        cfg, sim = self.cfg, self.sim
+        if not cfg.particle_series:
+            self.stack.close()
+            self.stack = None
+            rows = _star_rows(sim, t, ti, cfg, self.stack_ref)
+            if cfg.layout == "relion31":
+                optics, rows = relion31_tables(rows, premultiplied=cfg.premultiply, box=sim.d)
+                if self.star is None:
+                    self.star = StarWriter(self.out / "particles.star", list(rows.columns), block="particles",
+                                           preamble=_block_text("optics", optics))
+            self.star.append(rows)
+            return
+        self.rows.append(self._particle_rows(t))
+        if cfg.layout == "relion5":
+            path = self.out / "tilt_series" / f"{sim.tomo_names[t]}.star"
+            write_text(path, _block_text(sim.tomo_names[t], self._frame_table(t)))
+        else:
+            self.tomo_blocks.append(_block_text(f"{sim.tomo_names[t]}.tomostar", self._frame_table(t)))
+
+    def _frame_table(self, t: int) -> pd.DataFrame:
+        cfg, sim = self.cfg, self.sim
+        acq = self.frames
+        df_centre = np.full(len(acq), sim.tomo_defocus[t])
+        astig, dfang = sim.frame_astig[t][acq], sim.frame_dfang[t][acq]
+        table = {"rlnMicrographName": [f"{sim.tomo_names[t]}_{a + 1:03d}.mrc" for a in acq]}
+        if cfg.layout == "relion5":
+            table.update({"rlnTomoXTilt": _fmt(np.zeros(len(acq)), 6), "rlnTomoYTilt": _fmt(-sim.tilts[acq], 6),
+                          "rlnTomoZRot": _fmt(np.full(len(acq), cfg.tilt_axis), 6),
+                          "rlnTomoXShiftAngst": _fmt(np.zeros(len(acq)), 6), "rlnTomoYShiftAngst": _fmt(np.zeros(len(acq)), 6)})
+        else:
+            r = sim.frame_rot.numpy()[acq]
+            for i, c in enumerate("XYZ"):
+                table[f"rlnTomoProj{c}"] = [f"[{r[j, i, 0]:.9g},{r[j, i, 1]:.9g},{r[j, i, 2]:.9g},0]" for j in range(len(acq))]
+            table["rlnTomoProjW"] = "[0,0,0,1]"
+        table.update({
+            "rlnDefocusU": _fmt(df_centre + astig, 2), "rlnDefocusV": _fmt(df_centre - astig, 2),
+            "rlnDefocusAngle": _fmt(dfang, 3), "rlnCtfScalefactor": _fmt(np.cos(np.radians(sim.tilts[acq])), 6),
+            "rlnMicrographPreExposure": _fmt(sim.dose[acq], 4),
+        })
+        if cfg.phase_shift:
+            table["rlnPhaseShift"] = _fmt(np.full(len(acq), cfg.phase_shift), 3)
+        return pd.DataFrame(table)
+
+    def _particle_rows(self, t: int) -> pd.DataFrame:
+        cfg, sim = self.cfg, self.sim
+        parts = sim.members(t)
+        centre = np.array([cfg.tomogram_width, cfg.tomogram_width, cfg.tomogram_thickness]) / 2
+        true = np.stack([sim.pos_x[parts], sim.pos_y[parts], sim.pos_z[parts]], 1)
+        listed = true + sim.origin_a[parts]  # RELION: position = coordinate - origin
+        e_rot, e_tilt, e_psi = (x.numpy() for x in matrix_to_euler(sim.rot_p[torch.as_tensor(parts)]))
+        tomo = sim.tomo_names[t] + ("" if cfg.layout == "relion5" else ".tomostar")
+        rows = {"rlnTomoName": tomo}
+        if cfg.layout == "relion5":
+            rows.update({f"rlnCenteredCoordinate{c}Angst": _fmt(listed[:, i], 4) for i, c in enumerate("XYZ")})
+        else:
+            rows["rlnTomoParticleId"] = [str(k + 1) for k in range(len(parts))]
+            rows.update({f"rlnCoordinate{c}": _fmt((listed[:, i] + centre[i]) / cfg.pixel_size, 4) for i, c in enumerate("XYZ")})
+        rows.update({
+            "rlnAngleRot": _fmt(e_rot, 6), "rlnAngleTilt": _fmt(e_tilt, 6), "rlnAnglePsi": _fmt(e_psi, 6),
+            "rlnTomoParticleName": [f"{sim.tomo_names[t]}/{k + 1}" for k in range(len(parts))], "rlnOpticsGroup": "1",
+            "rlnImageName": [self._stack_path(t, k).relative_to(self.out).as_posix() if self._stack_path(t, k).is_relative_to(self.out)
+                             else str(self._stack_path(t, k).resolve()) for k in range(len(parts))],
+            "rlnOriginXAngst": _fmt(sim.origin_a[parts, 0], 4), "rlnOriginYAngst": _fmt(sim.origin_a[parts, 1], 4),
+            "rlnOriginZAngst": _fmt(sim.origin_a[parts, 2], 4),
+            "rlnTomoVisibleFrames": "[" + ",".join(["1"] * len(self.frames)) + "]",
+        })
+        return pd.DataFrame(rows)
+
+    def close(self) -> Path:
+        """Finish every star file; returns the one to give the method."""
+        cfg, sim, out = self.cfg, self.sim, self.out
+        if not cfg.particle_series:
+            self.star.close()
+            return out / "particles.star"
+        relion5 = cfg.layout == "relion5"
+        tomos = [sim.tomo_names[t] + ("" if relion5 else ".tomostar") for t in range(sim.n_tomos)]
+        size = np.array([cfg.tomogram_width, cfg.tomogram_width, cfg.tomogram_thickness]) / cfg.pixel_size
+        glob = {"rlnTomoName": tomos}
+        if relion5:
+            glob["rlnTomoTiltSeriesStarFile"] = [f"tilt_series/{t}.star" for t in sim.tomo_names]
+        else:
+            glob["rlnTomoFrameCount"] = str(len(self.frames))
+        glob.update({
+            "rlnVoltage": repr(float(cfg.voltage)), "rlnSphericalAberration": repr(float(cfg.cs)),
+            "rlnAmplitudeContrast": repr(float(cfg.amplitude_contrast)), "rlnTomoHand": "-1.0" if relion5 else "1.0",
+            "rlnTomoTiltSeriesPixelSize": repr(float(cfg.pixel_size)),
+            "rlnTomoSizeX": _fmt(np.full(sim.n_tomos, size[0]), 3), "rlnTomoSizeY": _fmt(np.full(sim.n_tomos, size[1]), 3),
+            "rlnTomoSizeZ": _fmt(np.full(sim.n_tomos, size[2]), 3),
+        })
+        tomo_text = _block_text("global", pd.DataFrame(glob)) + "".join(self.tomo_blocks)
+        name = "tomograms.star" if relion5 else "particles_tomograms.star"
+        write_text(out / name, tomo_text)
+        optics = pd.DataFrame({
+            "rlnOpticsGroup": ["1"], "rlnOpticsGroupName": ["opticsGroup1"], "rlnVoltage": [repr(float(cfg.voltage))],
+            "rlnSphericalAberration": [repr(float(cfg.cs))], "rlnAmplitudeContrast": [repr(float(cfg.amplitude_contrast))],
+            "rlnTomoTiltSeriesPixelSize": [repr(float(cfg.pixel_size))],
+            "rlnCtfDataAreCtfPremultiplied": ["1" if cfg.premultiply else "0"], "rlnImageDimensionality": ["2"],
+            "rlnTomoSubtomogramBinning": ["1.0"], "rlnImagePixelSize": [repr(float(cfg.pixel_size))],
+            "rlnImageSize": [str(sim.d)],
+        })
+        text = "\ndata_general\n\n_rlnTomoSubTomosAre2DStacks 1\n\n" + _block_text("optics", optics) + \
+            _block_text("particles", pd.concat(self.rows, ignore_index=True))
+        write_text(out / "particles.star", text)
+        oset = out / ("optimisation_set.star" if relion5 else "particles_optimisation_set.star")
+        write_text(oset, f"\ndata_\n\n_rlnTomoParticlesFile particles.star\n_rlnTomoTomogramsFile {name}\n")
+        return oset
+
+    def abort(self) -> None:
+        """Drop what was half written."""
+        if self.stack is not None:
+            self.stack.abort()
+        if self.star is not None:
+            self.star.abort()
+
+
+def _block_text(name: str, df: pd.DataFrame) -> str:
+    """A star loop block as text (values as they are)."""
+    head = f"\ndata_{name}\n\nloop_\n" + "".join(f"_{c} #{i + 1}\n" for i, c in enumerate(df.columns))
+    return head + df.to_csv(sep="\t", header=False, index=False) + "\n"

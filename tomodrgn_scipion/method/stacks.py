@@ -29,12 +29,15 @@ class ImageSource:
     image_names : sequence of str, length N_images
         ``_rlnImageName`` values.
     star_path : path-like
-        The star file (its folder anchors relative paths; it is named in errors).
+        The star file whose folder anchors relative paths (then the folders above it, as RELION writes
+        paths relative to its project folder); named in errors.
     datadir : path-like, optional
         Second folder to look for stacks in.
     lazy : bool
         If False (default), all images are read into memory at once (float32); if True, images are read
         from the memory-mapped stacks on each access, for data larger than RAM.
+    named_in : path-like, optional
+        The file named in errors (default ``star_path``).
 
     Attributes
     ----------
@@ -45,8 +48,10 @@ class ImageSource:
     MAX_OPEN = 64
 
     def __init__(self, image_names: Sequence[str], star_path: str | os.PathLike,
-                 datadir: str | os.PathLike | None = None, lazy: bool = False):
-        self.star_path = Path(star_path)
+                 datadir: str | os.PathLike | None = None, lazy: bool = False,
+                 named_in: str | os.PathLike | None = None):
+        self.anchor = Path(star_path)
+        self.star_path = Path(named_in) if named_in is not None else self.anchor
         self.datadir = Path(datadir) if datadir else None
         names = pd.Series(np.asarray(image_names, dtype=str))
         has_at = names.str.contains("@", regex=False)
@@ -98,13 +103,16 @@ class ImageSource:
 
     def _resolve(self, rel: str, row: int) -> Path:
         p = Path(rel)
-        candidates = [p] if p.is_absolute() else [self.star_path.parent / p]
+        folder = self.anchor.parent
+        candidates = [p] if p.is_absolute() else [folder / p] + [up / p for up in folder.resolve().parents]
         if self.datadir is not None:
             candidates += [self.datadir / p, self.datadir / p.name]
         for c in candidates:
             if c.is_file():
                 return c
-        where = ", ".join(str(c) for c in candidates)
+        where = str(candidates[0]) + ("" if p.is_absolute() else " and in the folders above it")
+        if self.datadir is not None:
+            where += f", {self.datadir / p}, {self.datadir / p.name}"
         hint = "" if self.datadir is not None else "; pass --datadir if the stacks are elsewhere"
         raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where}){hint}")
 

@@ -1,12 +1,16 @@
-"""RELION 3.0 image-series star files, as Warp/M export them: one row per tilt image.
+"""Star files, and the one internal model of particle tilt series, :class:`TiltSeriesStar`.
 
-Every column is read as the exact text of the file, so that rows written back keep every value,
-column and row order untouched (``000_000001`` stays a string, ``1.10`` stays ``1.10``). Numeric views
-of the columns that the method needs are taken by :class:`TiltSeriesStar`, with one-line errors that
-name the file, row and column at fault.
+:func:`read_star` / :func:`write_star` read and write a single-table star (RELION 3.0 image series, Warp
+volume series) with every column as the exact text of the file, so that rows written back keep every
+value, column and row order untouched (``000_000001`` stays a string, ``1.10`` stays ``1.10``).
+
+:class:`TiltSeriesStar` takes any format of :mod:`.formats` (RELION 3.0, RELION 3.1 with optics, RELION 5
+and WarpTools particle series) and gives the same numeric views of every tilt image, grouped by
+particle, with one-line errors that name the file, block, row and column at fault.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,38 +21,11 @@ import starfile
 from .errors import InputError
 from .outputs import atomic_path, atomic_write
 
-#: Columns the method needs (star names without the leading underscore).
-REQUIRED_COLUMNS = (
-    "rlnImageName", "rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle", "rlnVoltage",
-    "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi",
-    "rlnCtfBfactor", "rlnCtfScalefactor", "rlnGroupName",
-)
-PIXEL_SIZE_COLUMNS = ("rlnDetectorPixelSize", "rlnImagePixelSize")
-#: Optional columns and the value used when they are absent.
-OPTIONAL_DEFAULTS = {"rlnPhaseShift": 0.0}
-SHIFT_PX_COLUMNS = ("rlnOriginX", "rlnOriginY")
-SHIFT_A_COLUMNS = ("rlnOriginXAngst", "rlnOriginYAngst")
-
-
-def _column_names(path: Path) -> list[str]:
-    """Names of the loop columns of the first data block that has a loop."""
-    names: list[str] = []
-    in_loop = False
-    with open(path, "r", errors="replace") as fh:
-        for line in fh:
-            s = line.strip()
-            if s.startswith("loop_"):
-                in_loop = True
-                continue
-            if in_loop and s.startswith("_"):
-                names.append(s.split()[0][1:])
-            elif in_loop and names and s and not s.startswith("#"):
-                break
-    return names
+log = logging.getLogger(__name__)
 
 
 def read_star(path: str | os.PathLike) -> pd.DataFrame:
-    """Read the particle table of a RELION 3.0 star file, every value as its original text.
+    """Read the one table of a single-table star file (RELION 3.0), every value as its original text.
 
     Parameters
     ----------
@@ -57,31 +34,26 @@ def read_star(path: str | os.PathLike) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per tilt image in file order; columns named without the leading underscore.
+        One row per data row in file order; columns named without the leading underscore; the block
+        name in ``attrs["block_name"]``.
 
     Raises
     ------
     InputError
         If the file is missing, unreadable, has several tables (RELION 3.1 optics) or no rows.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: star file not found")
-    names = _column_names(path)
-    try:
-        data = starfile.read(path, parse_as_string=names, always_dict=True)
-    except Exception as exc:  # starfile raises many kinds of parsing errors
-        raise InputError(f"{path}: not a readable star file ({type(exc).__name__}: {exc})") from None
-    tables = {k: v for k, v in data.items() if isinstance(v, pd.DataFrame)}
-    if "optics" in tables:
-        raise InputError(f"{path}: RELION 3.1+ star with an optics table; export a RELION 3.0 image-series star (Warp/M)")
-    if not tables or all(len(t) == 0 for t in tables.values()):
-        raise InputError(f"{path}: star file has no particle rows")
-    if len(tables) > 1:
-        raise InputError(f"{path}: expected one table of tilt images, found {len(tables)} ({', '.join(tables)})")
-    df = next(iter(tables.values()))
-    df = df.astype(str) if len(df.columns) else df
-    df.attrs["block_name"] = next(iter(tables))
+    from .formats.blocks import read_blocks
+
+    star = read_blocks(path)
+    loops = star.loops()
+    if star.get("optics") is not None:
+        raise InputError(f"{star.path}: a RELION 3.1+ star with an optics table, where a single table is expected")
+    if not loops or all(len(b.rows) == 0 for b in loops):
+        raise InputError(f"{star.path}: star file has no particle rows")
+    if len(loops) > 1:
+        raise InputError(f"{star.path}: expected one table, found {len(loops)} ({', '.join('data_' + b.name for b in loops)})")
+    df = loops[0].table(star.path).copy()
+    df.attrs["block_name"] = loops[0].name
     return df.reset_index(drop=True)
 
 
@@ -96,118 +68,140 @@ def write_star(df: pd.DataFrame, path: str | os.PathLike) -> None:
 
 
 class TiltSeriesStar:
-    """A validated image-series star: the table plus numeric views of what the method needs.
+    """Particle tilt series in any supported format: numeric views of every tilt image, by particle.
 
     Parameters
     ----------
     path : path-like
-        The star file.
+        A RELION 3.0/3.1 image-series star, a RELION 5 / WarpTools optimisation set, or their
+        particles.star (with ``tomograms``).
     df : pandas.DataFrame, optional
-        The table, if already read (all columns as text, as :func:`read_star` gives).
+        A RELION 3.0 table already read (all columns as text, as :func:`read_star` gives).
+    source_software : str
+        ``auto`` (detected from the blocks and columns) or a format of :mod:`.formats`.
+    tomograms : path-like, optional
+        tomograms.star of a particles.star given without its optimisation set.
+    ctf_premultiplied, dose_weighted : bool, optional
+        Override what the files say (``--image-ctf-premultiplied``, ``--image-dose-weighted``).
 
     Attributes
     ----------
+    source : str
+        The format read (one of :data:`.formats.FORMATS`).
     df : pandas.DataFrame
-        Every column as read, in file order.
+        One row per tilt image: the user's columns that describe it, as text.
+    particle_df : pandas.DataFrame or None
+        For particle series, one row per particle (the user's particles.star columns, as text).
     particle_ids : list of str
-        ``_rlnGroupName`` values in order of first appearance.
+        Particle names (``_rlnGroupName``, or ``_rlnTomoParticleName``) in order of first appearance.
     particle_index : numpy.ndarray, int64, shape (N_images,)
-        Particle number of each row.
+        Particle number of each image.
     rows_of_particle : list of numpy.ndarray
-        Row numbers of each particle's tilt images, in file order.
+        Image numbers of each particle's tilt images, in file order.
     pixel_size : float
         A per pixel.
     image_names : numpy.ndarray of str, shape (N_images,)
+        ``N@stack`` of each image (1-based).
+    image_anchor : Path
+        Relative stack paths are looked up from this file's folder.
     dfu, dfv, dfang, voltage, cs, w, phase_shift : numpy.ndarray, float64, shape (N_images,)
-        CTF parameters: A, A, degrees, kV, mm, fraction, degrees.
+        CTF parameters: A, A, degrees, kV, mm, fraction, degrees (the particle's own defocus).
     euler : numpy.ndarray, float64, shape (N_images, 3)
-        rot, tilt, psi in degrees.
+        rot, tilt, psi in degrees: RELION's pose of the particle in each image.
     shifts_px : numpy.ndarray, float64, shape (N_images, 2)
-        ``_rlnOriginX/Y`` in pixels (from ``..Angst`` / pixel size when given in A; 0 when absent).
+        RELION origin ``(x, y)`` of the particle in each image, pixels.
     dose : numpy.ndarray, float64, shape (N_images,)
-        Cumulative dose ``-_rlnCtfBfactor / 4``, e/A^2.
+        Cumulative dose, e/A^2.
     ctf_scalefactor : numpy.ndarray, float64, shape (N_images,)
         ``cos(stage tilt)``.
     stage_tilt_deg : numpy.ndarray, float64, shape (N_images,)
-        ``arccos(_rlnCtfScalefactor)`` in degrees (unsigned).
+        ``arccos(ctf_scalefactor)`` in degrees (unsigned).
+    ctf_premultiplied, dose_weighted : numpy.ndarray of bool, shape (N_images,)
+        Images already multiplied by their CTF / weighted by their dose by the exporter.
     """
 
-    def __init__(self, path: str | os.PathLike, df: pd.DataFrame | None = None):
+    def __init__(self, path: str | os.PathLike, df: pd.DataFrame | None = None, source_software: str = "auto",
+                 tomograms: str | os.PathLike | None = None, ctf_premultiplied: bool | None = None,
+                 dose_weighted: bool | None = None):
+        from .formats import open_source
+        from .formats.blocks import Block, StarFile
+        from .formats.relion import read_relion3
+
         self.path = Path(path)
-        self.df = read_star(self.path) if df is None else df
-        if len(self.df) == 0:
-            raise InputError(f"{self.path}: star file has no particle rows")
-        missing = [c for c in REQUIRED_COLUMNS if c not in self.df.columns]
-        if not any(c in self.df.columns for c in PIXEL_SIZE_COLUMNS):
-            missing.append(PIXEL_SIZE_COLUMNS[0])
-        if missing:
-            raise InputError(f"{self.path}: missing required column(s): {', '.join('_' + c for c in missing)}")
-
-        pix_col = next(c for c in PIXEL_SIZE_COLUMNS if c in self.df.columns)
-        pixel = self.numeric(pix_col)
-        self.image_names = self.df["rlnImageName"].to_numpy(dtype=str)
-        self.dfu = self.numeric("rlnDefocusU")
-        self.dfv = self.numeric("rlnDefocusV")
-        self.dfang = self.numeric("rlnDefocusAngle")
-        self.voltage = self.numeric("rlnVoltage")
-        self.cs = self.numeric("rlnSphericalAberration")
-        self.w = self.numeric("rlnAmplitudeContrast")
-        self.phase_shift = self.numeric("rlnPhaseShift") if "rlnPhaseShift" in self.df else np.full(len(self.df), OPTIONAL_DEFAULTS["rlnPhaseShift"])
-        self.euler = np.stack([self.numeric(c) for c in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")], 1)
-        self.dose = -self.numeric("rlnCtfBfactor") / 4.0
-        self.ctf_scalefactor = self.numeric("rlnCtfScalefactor")
-        self._check_range("rlnCtfScalefactor", self.ctf_scalefactor, -1.0, 1.0)
-        self._check_range(pix_col, pixel, 1e-6, np.inf)
-        self._check_range("rlnVoltage", self.voltage, 1e-6, np.inf)
-        self._check_range("rlnAmplitudeContrast", self.w, 0.0, 1.0)
-        self.stage_tilt_deg = np.degrees(np.arccos(np.clip(self.ctf_scalefactor, -1.0, 1.0)))
-        if all(c in self.df for c in SHIFT_PX_COLUMNS):
-            self.shifts_px = np.stack([self.numeric(c) for c in SHIFT_PX_COLUMNS], 1)
-        elif all(c in self.df for c in SHIFT_A_COLUMNS):
-            self.shifts_px = np.stack([self.numeric(c) for c in SHIFT_A_COLUMNS], 1) / pixel[:, None]
+        if df is not None:
+            name = df.attrs.get("block_name", "")
+            block = Block(name, ["data_" + name, "", "loop_"] + [f"_{c}" for c in df.columns], list(df.columns))
+            block._table = df
+            src = read_relion3(StarFile(self.path, [block]), "relion3")
         else:
-            self.shifts_px = np.zeros((len(self.df), 2))
+            src = open_source(self.path, source_software, tomograms)
+        self._src = src
+        self.source = src.kind
+        self.df = src.df
+        self.particle_df = src.particle_df
+        self.image_names = np.asarray(src.image_names, dtype=str)
+        self.image_anchor = src.image_anchor
+        v = src.values
+        self.dfu, self.dfv, self.dfang = v["dfu"], v["dfv"], v["dfang"]
+        self.voltage, self.cs, self.w, self.phase_shift = v["voltage"], v["cs"], v["w"], v["phase_shift"]
+        self.euler, self.shifts_px = v["euler"], v["shifts_px"]
+        self.dose, self.ctf_scalefactor = v["dose"], v["ctf_scalefactor"]
+        pixel = v["pixel_size"]
+        n = len(self.df)
+        self.ctf_premultiplied = np.full(n, bool(ctf_premultiplied)) if ctf_premultiplied is not None else src.premultiplied
+        self.dose_weighted = np.full(n, bool(dose_weighted)) if dose_weighted is not None else src.dose_weighted
 
-        groups = self.df["rlnGroupName"].astype(str).to_numpy()
-        codes, uniques = pd.factorize(groups, sort=False)
+        col = {"pixel_size": "pixel size", "voltage": "voltage", "w": "amplitude contrast",
+               "ctf_scalefactor": "cos(stage tilt)", "dose": "dose", **src.columns}
+        self._check_range(col["pixel_size"], pixel, 0.0, np.inf, open_lo=True)
+        self._check_range(col["voltage"], self.voltage, 0.0, np.inf, open_lo=True)
+        self._check_range(col["w"], self.w, 0.0, 1.0)
+        self._check_range(col["ctf_scalefactor"], self.ctf_scalefactor, 0.0, 1.0, open_lo=True, what="cos(stage tilt)")
+        self._check_range(col["dose"], self.dose, 0.0, np.inf, what="dose")
+        self.stage_tilt_deg = np.degrees(np.arccos(np.clip(self.ctf_scalefactor, -1.0, 1.0)))
+
+        codes, uniques = pd.factorize(pd.Series(np.asarray(src.particle_key, dtype=str)), sort=False)
         self.particle_ids: list[str] = [str(u) for u in uniques]
         self.particle_index = codes.astype(np.int64)
         order = np.argsort(self.particle_index, kind="stable")
         bounds = np.cumsum(np.bincount(self.particle_index, minlength=len(uniques)))[:-1]
         self.rows_of_particle = np.split(order, bounds)
+        self._tomogram = np.asarray(src.tomogram, dtype=str)
 
-        self._check_constant_per_particle(pix_col, pixel)
-        self._check_constant_per_particle("rlnVoltage", self.voltage)
+        self._check_constant_per_particle(col["voltage"], self.voltage)
+        self._check_constant_per_particle(col["pixel_size"], pixel)
         if not np.all(pixel == pixel[0]):
             row = int(np.flatnonzero(pixel != pixel[0])[0])
-            raise InputError(f"{self.path}: row {row + 1}: column _{pix_col} is {pixel[row]:g}, but row 1 has {pixel[0]:g}; all images must share one pixel size")
+            raise InputError(f"{src.where(row)}: pixel size {pixel[row]:g} A, but {pixel[0]:g} A on the first image; "
+                             f"all images must share one pixel size")
         self.pixel_size = float(pixel[0])
+        self._warn_suspicious()
 
     @property
     def n_images(self) -> int:
-        """Number of tilt images (rows)."""
+        """Number of tilt images."""
         return len(self.df)
 
     @property
     def n_particles(self) -> int:
-        """Number of particles (distinct ``_rlnGroupName``)."""
+        """Number of particles."""
         return len(self.particle_ids)
 
     def numeric(self, column: str) -> np.ndarray:
-        """A column as float64, shape (N_images,); text, NaN or infinity give an :class:`InputError`."""
-        col = self.df[column]
-        values = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{self.path}: row {row + 1}: column _{column} has {col.iloc[row]!r}, expected a finite number")
-        return values
+        """A column of :attr:`df` as float64, shape (N_images,); text, NaN or infinity give an :class:`InputError`."""
+        from .formats.relion import numeric
 
-    def _check_range(self, column: str, values: np.ndarray, lo: float, hi: float) -> None:
-        bad = (values < lo) | (values > hi)
+        if column not in self.df:
+            raise InputError(f"{self.path}: no column _{column}")
+        return numeric(self.df, column, str(self.path))
+
+    def _check_range(self, column: str, values: np.ndarray, lo: float, hi: float, open_lo: bool = False,
+                     what: str | None = None) -> None:
+        bad = ((values <= lo) if open_lo else (values < lo)) | (values > hi)
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise InputError(f"{self.path}: row {row + 1}: column _{column} is {values[row]:g}, outside [{lo:g}, {hi:g}]")
+            bounds = f"{'(' if open_lo else '['}{lo:g}, {hi:g}]"
+            raise InputError(f"{self._src.where(row)}: column _{column} gives {what or 'a value'} {values[row]:g}, outside {bounds}")
 
     def _check_constant_per_particle(self, column: str, values: np.ndarray) -> None:
         first = np.array([values[r[0]] for r in self.rows_of_particle])
@@ -215,18 +209,47 @@ class TiltSeriesStar:
         if diff.any():
             row = int(np.flatnonzero(diff)[0])
             pid = self.particle_ids[self.particle_index[row]]
-            first_row = int(self.rows_of_particle[self.particle_index[row]][0])
-            raise InputError(
-                f"{self.path}: row {row + 1}: particle {pid} has _{column} {values[row]:g} but {first[self.particle_index[row]]:g} at row {first_row + 1}; its tilt images must agree"
-            )
+            raise InputError(f"{self._src.where(row)}: particle {pid} has _{column} {values[row]:g} but "
+                             f"{first[self.particle_index[row]]:g} on its first image; its tilt images must agree")
+
+    def _warn_suspicious(self) -> None:
+        """One log line per kind of odd but possible value, with its count."""
+        neg = (self.dfu < 0) | (self.dfv < 0)
+        if neg.any():
+            log.warning("%s: %d tilt image(s) have a negative (over-focus) defocus, the first at %s", self.path,
+                        int(neg.sum()), self._src.where(int(np.flatnonzero(neg)[0])).split(": ", 1)[-1])
+        twice = pd.Series(self.image_names).duplicated(keep="first").to_numpy()
+        if twice.any():
+            log.warning("%s: %d tilt image(s) are listed more than once, the first %s", self.path, int(twice.sum()),
+                        self.image_names[int(np.flatnonzero(twice)[0])])
+        single = sum(1 for r in self.rows_of_particle if len(r) == 1)
+        if single:
+            log.warning("%s: %d of %d particle(s) have a single tilt image", self.path, single, self.n_particles)
 
     def tomogram_of_particle(self) -> list[str]:
-        """Tomogram name of each particle: ``_rlnMicrographName`` when present, else the part of
-        ``_rlnGroupName`` before the last ``_``."""
-        if "rlnMicrographName" in self.df:
-            names = self.df["rlnMicrographName"].astype(str).to_numpy()
-            return [str(names[r[0]]) for r in self.rows_of_particle]
-        return [pid.rsplit("_", 1)[0] if "_" in pid else pid for pid in self.particle_ids]
+        """Tomogram name of each particle: ``_rlnMicrographName`` (RELION 3), ``_rlnTomoName`` (particle
+        series), else the part of ``_rlnGroupName`` before the last ``_``."""
+        return [str(self._tomogram[r[0]]) for r in self.rows_of_particle]
+
+    def write_subset(self, particles: np.ndarray, out: str | os.PathLike) -> list[Path]:
+        """Write some particles in the format they were read in, every block and column kept.
+
+        Parameters
+        ----------
+        particles : numpy.ndarray of int
+            Particle numbers (0-based, order of first appearance); written in file order.
+        out : path-like
+            The output star: an image-series star, or for particle series an optimisation set (its
+            particles.star is written beside it, and the same tomograms.star is referenced).
+
+        Returns
+        -------
+        list of Path
+            The files written.
+        """
+        particles = np.sort(np.asarray(particles, dtype=np.int64))
+        rows = np.sort(np.concatenate([self.rows_of_particle[p] for p in particles])) if len(particles) else np.zeros(0, np.int64)
+        return self._src.writer(particles, rows, Path(out))
 
 
 class StarWriter:
@@ -238,13 +261,17 @@ class StarWriter:
         Final star path.
     columns : sequence of str
         Column names without the leading underscore.
+    block : str
+        Name of the table's block (``data_<block>``).
+    preamble : str
+        Text written before it (other blocks, e.g. a RELION 3.1 optics table).
     """
 
-    def __init__(self, path: str | os.PathLike, columns: list[str]):
+    def __init__(self, path: str | os.PathLike, columns: list[str], block: str = "", preamble: str = ""):
         self.columns = list(columns)
         self.tmp, self.path = atomic_path(path)
         self.fh = open(self.tmp, "w")
-        self.fh.write("\ndata_\n\nloop_\n")
+        self.fh.write(f"{preamble}\ndata_{block}\n\nloop_\n")
         for i, c in enumerate(self.columns, 1):
             self.fh.write(f"_{c} #{i}\n")
 

@@ -60,10 +60,13 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ paths
     def inputStar(self) -> str:
-        """What the command reads: our RELION 3.0 star, or the optimisation set of reliontomo particles."""
+        """What the command reads: the optimisation set of reliontomo particles, else our set's star file in its
+        own format."""
         if self.isRelionInput():
             return self._getExtraPath("particles_optimisation_set.star")
-        return self._getExtraPath("particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
 
     def mapPath(self, suffix: str = "", ext: str = ".mrc") -> str:
         """``map.mrc`` and the files ``backproject`` writes beside it (``_half1``, ``_fsc`` + ``.csv``...)."""

@@ -1,4 +1,4 @@
-"""Import Warp/M (RELION 3.0) particle tilt series as a :class:`TomoDrgnParticles` set."""
+"""Import particle tilt series (Warp/M RELION 3.0, RELION 3.1, RELION 5, WarpTools) as a :class:`TomoDrgnParticles` set."""
 from __future__ import annotations
 
 import os
@@ -13,11 +13,14 @@ from ..method.errors import InputError
 from ..objects import TomoDrgnParticles
 
 
+SOURCES = ("auto", "relion3", "relion31", "relion5", "warptools")
+
+
 class TomoDrgnProtImportParticles(ProtImport):
-    """Import particle tilt series exported by Warp/M or RELION 3.0: a star file with one row per tilt image
-    (``_rlnGroupName`` = particle, ``_rlnCtfBfactor`` = -4 x dose, ``_rlnCtfScalefactor`` = cos(tilt),
-    ``_rlnImageName`` = N@stack.mrcs, CTF and pose columns). Every column is kept with the set, so an
-    exported subset has all of them, unchanged."""
+    """Import particle tilt series: a RELION 3.0 image-series star (Warp 1/M: one row per tilt image,
+    ``_rlnGroupName`` = particle, ``_rlnCtfBfactor`` = -4 x dose, ``_rlnCtfScalefactor`` = cos(tilt)), a RELION 3.1
+    star with an optics table, or a RELION 5 / WarpTools optimisation set (particles.star + tomograms.star, 2D
+    stacks). Every block and column is kept with the set, so an exported subset has all of them, unchanged."""
 
     _label = "import particle tilt series"
     _possibleOutputs = {"outputParticles": TomoDrgnParticles}
@@ -25,7 +28,15 @@ class TomoDrgnProtImportParticles(ProtImport):
     def _defineParams(self, form) -> None:
         form.addSection(label="Input")
         form.addParam("starFile", params.PathParam, label="Star file",
-                      help="RELION 3.0 image-series star file, one row per tilt image (Warp/M export).")
+                      help="A RELION 3.0 or 3.1 image-series star file (one row per tilt image; Warp 1/M export), or a "
+                           "RELION 5 / WarpTools optimisation set (or its particles.star, with the tomograms star below).")
+        form.addParam("sourceSoftware", params.EnumParam, choices=list(SOURCES), default=0, label="Format",
+                      help="auto: detected from the file's blocks and columns. relion3: Warp 1/M image series; relion31: "
+                           "with an optics table; relion5: RELION 5 particle series (2D stacks); warptools: "
+                           "WarpTools ts_export_particles --2d.")
+        form.addParam("tomogramsFile", params.PathParam, allowsNull=True, label="Tomograms star (optional)",
+                      help="tomograms.star, when the star file above is a RELION 5 / WarpTools particles.star rather than "
+                           "its optimisation set.")
         form.addParam("dataDir", params.PathParam, allowsNull=True, label="Image stacks folder (optional)",
                       help="Where the .mrcs stacks are, if not where the star file's _rlnImageName paths say "
                            "(relative to the star file's folder).")
@@ -47,7 +58,17 @@ class TomoDrgnProtImportParticles(ProtImport):
         src = os.path.abspath(self.starFile.get())
         datadir = self.dataDir.get() or None
         star_path = src
-        if self.copyStar:
+        tomograms = self.tomogramsFile.get() or None
+        from ..convert.particles import is_particle_series
+
+        if is_particle_series(src):
+            # several files that name each other by RELION-project paths: kept where they are; a
+            # particles.star given with its tomograms gets an optimisation set naming both
+            if tomograms:
+                star_path = self._getExtraPath("particles_optimisation_set.star")
+                with open(star_path, "w") as fh:
+                    fh.write(f"\ndata_\n\n_rlnTomoParticlesFile {src}\n_rlnTomoTomogramsFile {os.path.abspath(tomograms)}\n")
+        elif self.copyStar:
             star_path = self._getExtraPath(os.path.basename(src))
             shutil.copyfile(src, star_path)
             # image paths in the star are relative to the original folder: look there too
@@ -55,13 +76,15 @@ class TomoDrgnProtImportParticles(ProtImport):
         path = self._getPath("tomodrgn_particles.sqlite")
         out = TomoDrgnParticles(filename=path)
         try:
-            star = particles_from_star(star_path, out, datadir=datadir, protein_dark=bool(self.proteinDark))
+            star = particles_from_star(star_path, out, datadir=datadir, protein_dark=bool(self.proteinDark),
+                                       source_software=SOURCES[self.sourceSoftware.get()])
         except InputError as exc:
             raise InputError(str(exc).replace(star_path, src)) from None
         counts = np.array([len(r) for r in star.rows_of_particle])
         self.summaryVar.set(f"{star.n_particles} particles, {star.n_images} tilt images "
                            f"({counts.min()}-{counts.max()} per particle), box {self._box(star, datadir)} px, "
-                           f"{star.pixel_size:g} A/px, dose {out.getAcquisition().getDosePerFrame():.3g} e/A^2 per tilt")
+                           f"{star.pixel_size:g} A/px, dose {out.getAcquisition().getDosePerFrame():.3g} e/A^2 per tilt; "
+                           f"{star.source}{', CTF-premultiplied' if star.ctf_premultiplied.any() else ''}")
         self._store(self.summaryVar)
         self._defineOutputs(outputParticles=out)
 
@@ -69,7 +92,7 @@ class TomoDrgnProtImportParticles(ProtImport):
     def _box(star, datadir: str | None) -> int:
         from ..method.stacks import ImageSource
 
-        src = ImageSource(star.image_names[:1], star.path, datadir=datadir, lazy=True)
+        src = ImageSource(star.image_names[:1], star.image_anchor, datadir=datadir, lazy=True, named_in=star.path)
         try:
             return int(src.box)
         finally:
@@ -86,8 +109,11 @@ class TomoDrgnProtImportParticles(ProtImport):
             return [f"{path}: star file not found"]
         if self.dataDir.get() and not os.path.isdir(self.dataDir.get()):
             return [f"{self.dataDir.get()}: image stacks folder not found"]
+        tomograms = self.tomogramsFile.get() or None
+        if tomograms and not os.path.isfile(tomograms):
+            return [f"{tomograms}: tomograms star not found"]
         try:
-            TiltSeriesStar(path)
+            TiltSeriesStar(path, source_software=SOURCES[self.sourceSoftware.get()], tomograms=tomograms)
         except InputError as exc:
             return [str(exc)]
         return []
@@ -100,8 +126,8 @@ class TomoDrgnProtImportParticles(ProtImport):
     def _methods(self) -> list[str]:
         if not self.hasAttribute("outputParticles"):
             return []
-        return [f"Particle tilt series ({self.summaryVar.get()}) were imported from a RELION 3.0 star file "
-                f"for tomoDRGN-style heterogeneity analysis [{CITE_TOMODRGN}]."]
+        return [f"Particle tilt series ({self.summaryVar.get()}) were imported for tomoDRGN-style heterogeneity "
+                f"analysis [{CITE_TOMODRGN}]."]
 
     def _citations(self) -> list[str]:
         return [CITE_TOMODRGN, CITE_CRYODRGN]

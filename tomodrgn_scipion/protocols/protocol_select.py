@@ -64,10 +64,14 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
         self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def exportedStar(self) -> str:
-        return self._getExtraPath("selected_particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "selected_particles"))
 
     def _sourceStar(self) -> str:
-        return self._getExtraPath("input_particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "input_particles"))
 
     def selectedNamesFile(self) -> str:
         """The ``_rlnTomoParticleName`` of each kept particle, one a line (reliontomo input)."""

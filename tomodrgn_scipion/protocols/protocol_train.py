@@ -79,10 +79,13 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         return self._getExtraPath(self.TRAIN_DIR, *parts)
 
     def inputStar(self) -> str:
-        """What the command reads: our RELION 3.0 star, or the optimisation set of reliontomo particles."""
+        """What the command reads: the optimisation set of reliontomo particles, else our set's star file in its
+        own format."""
         if self.isRelionInput():
             return self._getExtraPath("particles_optimisation_set.star")
-        return self._getExtraPath("particles.star")
+        from ..convert.particles import particle_star_name
+
+        return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
 
     def particlesStar(self) -> str:
         """The star file with one entry per particle, in the order the method indexes them."""

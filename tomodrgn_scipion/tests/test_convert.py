@@ -155,3 +155,35 @@ def test_shared_sample_round_trip(tmp_path):
     assert s.getSamplingRate() == pytest.approx(13.1)
     star_from_particles(s, tmp_path / "out.star")
     assert read_star(tmp_path / "out.star").equals(read_star(SAMPLE_STAR))
+
+
+@pytest.mark.parametrize("layout", ["relion31", "relion5", "warptools"])
+def test_other_formats_import_and_export_a_subset_in_their_own_format(tmp_path, layout):
+    """A set imported from a RELION 3.1 star or a RELION 5 / WarpTools optimisation set exports its particles in
+    that format: the optics table kept, or a new optimisation set naming the kept particles.star rows."""
+    from tomodrgn_scipion.convert.particles import particle_star_name
+    from tomodrgn_scipion.method.formats.blocks import read_blocks
+    from tomodrgn_scipion.method.star import TiltSeriesStar
+
+    info = simulate(list(two_state_phantom(16)), tmp_path / "sim", SimulationConfig(
+        n_particles=8, particles_per_tomogram=4, tilt_max=20.0, tilt_step=10.0, seed=1, layout=layout,
+        premultiply=layout != "relion31"))
+    s = imported(tmp_path, info["star"])
+    assert s.getSize() == 8 and s.getFirstItem().getNumTilts() == 5
+    sub = TomoDrgnParticles(filename=str(tmp_path / "sub.sqlite"))
+    sub.copyInfo(s)
+    for p in s.iterItems(orderBy="id"):
+        if p.getObjId() in (2, 7):
+            sub.append(p.clone())
+    name = particle_star_name(sub, "out")
+    assert name == ("out.star" if layout == "relion31" else "out_optimisation_set.star")
+    assert star_from_particles(sub, tmp_path / name) == 10
+    back = TiltSeriesStar(tmp_path / name)
+    full = TiltSeriesStar(info["star"])
+    assert back.source == layout and back.particle_ids == [full.particle_ids[1], full.particle_ids[6]]
+    assert back.ctf_premultiplied.all() == (layout != "relion31")
+    written = read_blocks(tmp_path / ("out.star" if layout == "relion31" else "out_particles.star"))
+    assert written.names() == read_blocks(info["star"] if layout == "relion31" else info["star"].parent / "particles.star").names()
+    if layout != "relion3":
+        with pytest.raises(InputError, match="from RELION 3.0 image series only"):
+            tilt_images_from_particles(s, SetOfParticles(filename=str(tmp_path / "tilts.sqlite")))

@@ -81,7 +81,7 @@ def lowest_dose_images(star_path: str | os.PathLike, particle_ids: Sequence[str]
         r = star.rows_of_particle[pos[pid]]
         rows.append(int(r[np.argmin(star.dose[r])]))
     rows_arr = np.asarray(rows, dtype=np.int64)
-    src = ImageSource(star.image_names[rows_arr], star.path, datadir, lazy=True)
+    src = ImageSource(star.image_names[rows_arr], star.image_anchor, datadir, lazy=True, named_in=star.path)
     images = src.get(np.arange(len(rows_arr)))
     src.close()
     titles = [f"{pid} ({star.stage_tilt_deg[r]:.0f}°, {star.dose[r]:.1f} e/Å²)" for pid, r in zip(particle_ids, rows)]
