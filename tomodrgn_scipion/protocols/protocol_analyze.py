@@ -24,13 +24,12 @@ def star_particle_ids(star: str) -> list[str]:
 
 
 def training_particle_ids(train) -> list[str]:
-    """Particle names of a train VAE run's input, in the order the method indexes them (labels.txt rows):
-    ``_rlnGroupName`` in order of first appearance, or ``_rlnTomoParticleName`` in file order (RELION 5)."""
-    if train.isRelionInput():
-        from ..convert.relion5 import particle_names, read_star_text
+    """Particle names of a train VAE run's input, in the order the method indexes them (the rows of
+    labels.txt): the method's own reading of the star it trained on, in any format (``_rlnGroupName`` or
+    ``_rlnTomoParticleName``, in order of first appearance)."""
+    from ..method.star import TiltSeriesStar
 
-        return particle_names(read_star_text(train.particlesStar()), train.particlesStar())
-    return star_particle_ids(train.inputStar())
+    return list(TiltSeriesStar(train.inputStar()).particle_ids)
 
 
 def latest_epoch(train_dir: str) -> int:
