@@ -173,7 +173,7 @@ class TestChainSimulated(ProjectTest):
         prot = self.newProtocol(TomoDrgnProtImportParticles, starFile=str(bad))
         errors = prot.validate()
         self.assertEqual(len(errors), 1)
-        self.assertIn("row 6: column _rlnCtfScalefactor is 1.7", errors[0])
+        self.assertIn("row 6: column _rlnCtfScalefactor gives cos(stage tilt) 1.7, outside (0, 1]", errors[0])
         # a missing stack passes validation (star only) and fails the run with one line
         df3 = df.copy()
         df3["rlnImageName"] = df3["rlnImageName"].str.replace("tomo_000", "tomo_999")
