@@ -26,6 +26,19 @@ def read_version() -> str:
     return match.group(1)
 
 
+def read_method_requirements() -> list:
+    """``METHOD_REQUIREMENTS`` of ``tomodrgn_scipion/constants.py`` (a module without imports).
+
+    Returns
+    -------
+    list of str
+        The method's requirements besides torch.
+    """
+    namespace: dict = {}
+    exec((HERE / "tomodrgn_scipion" / "constants.py").read_text(encoding="utf-8"), namespace)
+    return list(namespace["METHOD_REQUIREMENTS"])
+
+
 def read_readme() -> str:
     """Long description for PyPI (empty if README.md is absent)."""
     readme = HERE / "README.md"
@@ -49,16 +62,12 @@ setup(
         "scipion-pyworkflow>=3.11",
         "scipion-em>=3.11",
         "scipion-em-tomo>=3.12",
+        # RELION 5 tomography objects and protocols (RelionSetOfPseudoSubtomograms) we take and hand back
+        "scipion-em-reliontomo>=4.0.5",
+        # reliontomo imports scipion.install (scipion-app) without declaring it
+        "scipion-app>=3.8",
         "torch>=2.0",
-        "mrcfile",
-        "starfile>=0.5",
-        "numpy",
-        "scipy",
-        "pandas",
-        "matplotlib",
-        "scikit-learn",
-        # optional at run time (analyze skips UMAP without it), installed by default
-        "umap-learn",
+        *read_method_requirements(),
     ],
     entry_points={
         # pyworkflow uses the entry point *name* as the module to import.

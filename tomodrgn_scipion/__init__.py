@@ -152,29 +152,49 @@ if _pwem is not None:
         _url = PLUGIN_URL
 
         @classmethod
+        def getPackageDir(cls) -> str:
+            """Folder of the dedicated environment of ``scipion3 installb tomodrgn``.
+
+            Returns
+            -------
+            str
+                ``<Scipion's software/em>/tomodrgn-<version>`` (it may not exist).
+            """
+            from .install import package_dir_name
+
+            return os.path.join(_pwem.Config.EM_ROOT, package_dir_name(__version__))
+
+        @classmethod
         def _defineVariables(cls) -> None:
             """Declare the plugin's configuration variables.
 
             Values come from the environment (Scipion exports the
             ``[PLUGINS]`` section of ``scipion.conf``), else the defaults:
 
-            ``TOMODRGN_ENV_ACTIVATION`` (default empty)
+            ``TOMODRGN_ENV_ACTIVATION``
                 Shell command run before the CLI to activate another Python
                 environment, e.g. ``source /opt/tomodrgn-gpu/bin/activate`` or
                 ``conda activate tomodrgn-gpu``. That environment needs
                 ``pip install -e /path/to/scipion-em-tomodrgn`` (or the PyPI
-                package) and a CUDA build of torch. Empty: the CLI runs in
-                Scipion's own Python environment.
+                package) and a CUDA build of torch. Default: the activation of
+                the environment of ``scipion3 installb tomodrgn`` once it has
+                been installed (:meth:`getPackageDir`), else empty: the CLI
+                runs in Scipion's own Python environment.
             ``TOMODRGN_CUDA_LIB`` (default empty)
                 Optional folder with CUDA libraries, prepended to
                 ``LD_LIBRARY_PATH``. Not needed for pip/conda builds of torch,
                 which bring their own CUDA runtime.
             """
-            cls._defineVar(TOMODRGN_ENV_ACTIVATION, TOMODRGN_ENV_ACTIVATION_DEFAULT,
+            from .install import activation_command, installed
+
+            package_dir = cls.getPackageDir()
+            default = activation_command(package_dir) if installed(package_dir) else TOMODRGN_ENV_ACTIVATION_DEFAULT
+            cls._defineVar(TOMODRGN_ENV_ACTIVATION, default,
                            description="Shell command that activates a Python environment "
                                        "with tomodrgn-scipion and (CUDA) torch installed, "
-                                       "run before each tomodrgn-scipion command. Empty: "
-                                       "use Scipion's own Python environment.")
+                                       "run before each tomodrgn-scipion command. Default: the "
+                                       "environment of 'scipion3 installb tomodrgn' once installed, "
+                                       "else empty: Scipion's own Python environment.")
             cls._defineVar(TOMODRGN_CUDA_LIB, TOMODRGN_CUDA_LIB_DEFAULT,
                            description="Optional folder with CUDA libraries, prepended to "
                                        "LD_LIBRARY_PATH for tomodrgn-scipion commands. "
@@ -246,12 +266,30 @@ if _pwem is not None:
 
         @classmethod
         def defineBinaries(cls, env: Any) -> None:
-            """Declare installable binaries: none.
+            """Declare ``tomodrgn``: the dedicated environment of the method.
 
-            The method is Python code shipped with the plugin and installed
-            by pip together with it (torch included), so ``scipion installb``
-            has nothing to fetch. GPU users either install a CUDA build of
-            torch into Scipion's environment or set
-            ``TOMODRGN_ENV_ACTIVATION`` (see :meth:`_defineVariables`).
+            ``scipion3 installb tomodrgn`` creates, in :meth:`getPackageDir`,
+            a Python virtual environment (made by Scipion's interpreter) with
+            the torch build fitting the NVIDIA driver (``nvidia-smi``; the CPU
+            build without a GPU; ``TOMODRGN_TORCH_VARIANT`` forces one), the
+            method's requirements and this package without its Scipion
+            dependencies. Scipion's own environment is not touched. Not
+            installed by default: the plugin also works in Scipion's
+            environment.
+
+            Parameters
+            ----------
+            env : scipion.install.funcs.Environment
+                Scipion's installer environment.
             """
-            return None
+            from .install import (INSTALLED_FLAG, PACKAGE_NAME, chosen_variant, install_command,
+                                  method_source)
+
+            try:
+                variant = chosen_variant()
+            except ValueError as exc:  # a bad TOMODRGN_TORCH_VARIANT fails this package only, with its reason
+                command = f"echo {shlex.quote('tomodrgn: ' + str(exc))} >&2 && exit 1"
+            else:
+                command = install_command(sys.executable, variant, method_source(__file__, __version__))
+            env.addPackage(PACKAGE_NAME, version=__version__, tar="void.tgz",
+                           commands=[(command, [INSTALLED_FLAG])], neededProgs=[], default=False)

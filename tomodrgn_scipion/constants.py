@@ -19,12 +19,28 @@ CLI_MODULE = MODULE_NAME + ".method.cli"
 #: Project home page, shown by Scipion's plugin manager.
 PLUGIN_URL = "https://github.com/scipion-em/scipion-em-tomodrgn"
 
+#: What the method (``tomodrgn_scipion.method`` and the command line) needs besides torch: installed with
+#: the plugin (setup.py) and into the dedicated environment of ``scipion3 installb tomodrgn``.
+METHOD_REQUIREMENTS = (
+    "mrcfile",
+    "starfile>=0.5",
+    "numpy",
+    "scipy",
+    "pandas",
+    "matplotlib",
+    "scikit-learn",
+    # optional at run time (analyze skips UMAP without it), installed by default
+    "umap-learn",
+)
+
 # ---------------------------------------------------------------------------
 # Scipion configuration variables (scipion.conf, [PLUGINS] section)
 # ---------------------------------------------------------------------------
 #: Shell command that activates another Python environment before the CLI
 #: runs, e.g. ``source /opt/tomodrgn-gpu/bin/activate`` or
 #: ``conda activate tomodrgn-gpu``. Empty: run in Scipion's own environment.
+#: Its default: empty until ``scipion3 installb tomodrgn`` has created the dedicated environment, then the
+#: activation of that environment (``Plugin._defineVariables``).
 TOMODRGN_ENV_ACTIVATION = "TOMODRGN_ENV_ACTIVATION"
 TOMODRGN_ENV_ACTIVATION_DEFAULT = ""
 

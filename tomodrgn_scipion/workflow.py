@@ -3,7 +3,10 @@ project without a screen, run to the end, or written as a Scipion workflow templ
 
 ``python -m tomodrgn_scipion.workflow run --project NAME --star particles.star [...]`` is what ``make demo``
 runs; ``python -m tomodrgn_scipion.workflow template OUT.json.template`` writes
-``templates/tomodrgn_heterogeneity.json.template`` (for ``scipion3 template ... --nogui``).
+``templates/tomodrgn_heterogeneity.json.template`` (for ``scipion3 template ... --nogui``), and
+``... template --reliontomo OUT.json.template`` the facility template ``templates/tomodrgn_reliontomo.json.template``:
+a RELION 5 2D-stack particle set (reliontomo's pseudo-subtomograms, registered from its optimisation set on
+imported tomograms) -> train VAE -> analyze -> select -> reliontomo's 3D auto-refine of the chosen clusters.
 Needs the Scipion environment variables of a headless run (SCIPION_DOMAIN=pwem, SCIPION_HOME,
 SCIPION_USER_DATA...; the Makefile sets them).
 """
@@ -109,6 +112,111 @@ def template_json(project) -> str:
     return header + text + "\n"
 
 
+# The facility template: (protocol key, parameter, title, type, alias), as TEMPLATE_FIELDS.
+RELIONTOMO_FIELDS = [
+    ("tomograms", "filesPath", "Tomograms folder", 2, "tomodir"),
+    ("tomograms", "filesPattern", "Tomogram files (pattern; tilt-series ids from the names)", 0, "tomopattern"),
+    ("tomograms", "samplingRate", "Tomogram pixel size (A)", 4, "tomopix"),
+    ("particles", "optimisationSet", "RELION 5 optimisation set (Extract subtomos, 2D stacks)", 2, "optimset"),
+    ("train", "zdim", "Latent dimension", 3, "zdim"),
+    ("train", "numEpochs", "Training epochs", 3, "epochs"),
+    ("analyze", "ksample", "k-means clusters", 3, "ksample"),
+    ("select", "clusters", "Clusters to refine", 0, "clusters"),
+    ("reference", "filesPath", "Reference map for 3D auto-refine", 2, "reference"),
+    ("reference", "samplingRate", "Reference map pixel size (A)", 4, "refpix"),
+    ("refine", "maskDiameter", "Particle mask diameter (A)", 3, "diameter"),
+    ("refine", "symmetry", "Symmetry group", 0, "symmetry"),
+]
+RELIONTOMO_DEFAULTS = {"tomograms.filesPath": "/path/to/tomograms", "tomograms.filesPattern": "*.mrc",
+                       "tomograms.samplingRate": 10.0, "particles.optimisationSet": "/path/to/optimisation_set.star",
+                       "train.zdim": 8, "train.numEpochs": 20, "analyze.ksample": 20, "select.clusters": "0",
+                       "reference.filesPath": "/path/to/reference.mrc", "reference.samplingRate": 5.0,
+                       "refine.maskDiameter": 200, "refine.symmetry": "C1"}
+
+
+def build_reliontomo(project, values: dict | None = None) -> dict:
+    """Create (not launch) the facility chain in ``project``: tomo's tomogram import, our RELION 5 particle
+    import (a ``RelionSetOfPseudoSubtomograms``), train VAE, analyze, select by cluster, pwem's volume import
+    of the reference, and reliontomo's 3D auto-refine of the selection (3 MPI processes, GPU).
+
+    Parameters
+    ----------
+    values : dict, optional
+        ``"<key>.<parameter>"`` -> value, over :data:`RELIONTOMO_DEFAULTS`.
+
+    Returns
+    -------
+    dict
+        ``tomograms``, ``particles``, ``train``, ``analyze``, ``select``, ``reference``, ``refine`` -> protocol.
+    """
+    from pwem.protocols import ProtImportVolumes
+    from reliontomo.protocols import ProtRelionRefineSubtomograms
+    from tomo.protocols import ProtImportTomograms
+
+    from .protocols import (TomoDrgnProtAnalyze, TomoDrgnProtImportRelionParticles, TomoDrgnProtSelect,
+                            TomoDrgnProtTrainVAE)
+
+    v = {**RELIONTOMO_DEFAULTS, **(values or {})}
+
+    def params(key: str) -> dict:
+        return {k.split(".", 1)[1]: val for k, val in v.items() if k.split(".", 1)[0] == key}
+
+    def chain(prot, attr: str, source, extended: str | None = None) -> None:
+        pointer = getattr(prot, attr)
+        pointer.set(source)
+        if extended:
+            pointer.setExtended(extended)
+
+    tomos = project.newProtocol(ProtImportTomograms, objLabel="import tomograms", **params("tomograms"))
+    project.saveProtocol(tomos)
+    parts = project.newProtocol(TomoDrgnProtImportRelionParticles, objLabel="import RELION 5 particles",
+                                **params("particles"))
+    chain(parts, "inputTomograms", tomos, "Tomograms")
+    project.saveProtocol(parts)
+    train = project.newProtocol(TomoDrgnProtTrainVAE, objLabel="train VAE", **params("train"))
+    chain(train, "inputParticles", parts, "outputRelionParticles")
+    project.saveProtocol(train)
+    ana = project.newProtocol(TomoDrgnProtAnalyze, objLabel="analyze", **params("analyze"))
+    chain(ana, "inputTraining", train)
+    project.saveProtocol(ana)
+    sel = project.newProtocol(TomoDrgnProtSelect, objLabel="select clusters", mode=0, **params("select"))
+    chain(sel, "inputParticles", ana, "outputParticles")
+    project.saveProtocol(sel)
+    ref = project.newProtocol(ProtImportVolumes, objLabel="import reference", **params("reference"))
+    project.saveProtocol(ref)
+    refine = project.newProtocol(ProtRelionRefineSubtomograms, objLabel="reliontomo 3D auto-refine", numberOfMpi=3,
+                                 doGpu=True, **params("refine"))
+    chain(refine, "inReParticles", sel, "outputParticles")
+    chain(refine, "referenceVolume", ref, "outputVolume")
+    project.saveProtocol(refine)
+    return {"tomograms": tomos, "particles": parts, "train": train, "analyze": ana, "select": sel,
+            "reference": ref, "refine": refine}
+
+
+def reliontomo_template_json(project) -> str:
+    """The facility chain as a Scipion template, its main fields as ``~title|default|type|alias~``."""
+    prots = build_reliontomo(project)
+    project.getRunsGraph(refresh=True)
+    data = json.loads(project.getProtocolsJson(list(prots.values())))
+    by_id = {str(p.getObjId()): key for key, p in prots.items()}
+    marks = {}
+    for entry in data:
+        key = by_id[str(entry["object.id"])]
+        for prot_key, param, title, vtype, alias in RELIONTOMO_FIELDS:
+            if prot_key == key:
+                mark = f"@@{alias}@@"
+                entry[param] = mark
+                marks[mark] = f"~{title}|{RELIONTOMO_DEFAULTS[f'{key}.{param}']}|{vtype}|{alias}~"
+    text = json.dumps(data, indent=4)
+    for mark, field in marks.items():
+        text = text.replace(mark, field)
+    header = ("tomoDRGN between RELION 5 steps: register a reliontomo 2D-stack particle set (optimisation set of "
+              "'Extract subtomos' with 2D stacks, on the imported tomograms), train the VAE, analyse the latent "
+              "space, select the particles of chosen clusters (a reliontomo pseudo-subtomogram set) and refine "
+              "them with reliontomo's 3D auto-refine.\n")
+    return header + text + "\n"
+
+
 def run(project, prots: dict) -> None:
     """Launch the protocols in order, each after the previous one finished; stop at the first failure."""
     for key in ("import", "train", "analyze", "select"):
@@ -202,11 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--small", action="store_true", help="a small network (the demo's), for a quick run on a CPU")
     t = sub.add_parser("template", help="write the workflow template")
     t.add_argument("output", type=Path)
+    t.add_argument("--reliontomo", action="store_true",
+                   help="the facility template: reliontomo particles -> train -> analyze -> select -> 3D auto-refine")
     a = p.parse_args(argv)
     if a.what == "template":
         out = a.output.resolve()
         project = _manager_project("tomodrgn_template_scratch", fresh=True)
-        text = template_json(project)
+        text = reliontomo_template_json(project) if a.reliontomo else template_json(project)
         from pyworkflow.project import Manager
 
         Manager().deleteProject("tomodrgn_template_scratch")

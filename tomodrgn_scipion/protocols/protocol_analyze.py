@@ -11,6 +11,7 @@ from pwem.objects import SetOfVolumes, Volume
 from pyworkflow.object import CsvList, Integer, String
 
 from ..constants import CITE_TOMODRGN
+from ..convert.relion5 import CLUSTER_ATTR, cluster_coordinates, is_relion_set, relion_items_with
 from ..objects import TomoDrgnParticles
 from .protocol_base import TomoDrgnProtBase
 
@@ -20,6 +21,15 @@ def star_particle_ids(star: str) -> list[str]:
     from ..method.star import read_star
 
     return list(dict.fromkeys(read_star(star)["rlnGroupName"].astype(str)))
+
+
+def training_particle_ids(train) -> list[str]:
+    """Particle names of a train VAE run's input, in the order the method indexes them (the rows of
+    labels.txt): the method's own reading of the star it trained on, in any format (``_rlnGroupName`` or
+    ``_rlnTomoParticleName``, in order of first appearance)."""
+    from ..method.star import TiltSeriesStar
+
+    return list(TiltSeriesStar(train.inputStar()).particle_ids)
 
 
 def latest_epoch(train_dir: str) -> int:
@@ -61,7 +71,8 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
                            "row per particle: the same particles, in the same order and tomograms, as the training "
                            "star (all of them: after a selection of particles, select the same rows of this star). "
                            "When given, a ChimeraX script per tomogram (mapback) places every particle coloured "
-                           "by its k-means cluster: as markers, and as its cluster's volume.")
+                           "by its k-means cluster: as markers, and as its cluster's volume. For reliontomo's "
+                           "particles leave it empty: their own positions and orientations are used.")
         self._addVolumeParams(form)
         self._addGpuParams(form)
 
@@ -79,8 +90,16 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         return self.anaDir("mapback", *parts)
 
     def _volumeStar(self) -> str:
-        """The volume-series star, or "" when map-back is off."""
-        return (self.volumeStar.get() or "").strip()
+        """The volume-series star, or "" when map-back is off: the form's, else for reliontomo particles the
+        one written from their own positions and orientations (when their tomograms.star gives the sizes)."""
+        given = (self.volumeStar.get() or "").strip()
+        if given or not self._relionInput():
+            return given
+        return self._getExtraPath("particles_volumes.star")
+
+    def _relionInput(self) -> bool:
+        train = self._train()
+        return train is not None and train.isRelionInput()
 
     def _train(self):
         return self.inputTraining.get()
@@ -89,8 +108,8 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
     def _insertAllSteps(self) -> None:
         self._insertFunctionStep(self.analyzeStep)
         if self._volumeStar():
-            self._insertFunctionStep(self.mapbackStep)
-        self._insertFunctionStep(self.createOutputStep)
+            self._insertFunctionStep(self.mapbackStep, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def analyzeStep(self) -> None:
         args: list[object] = [self._train().trainDir(), "--epoch", self.epoch.get(), "--ksample", self.ksample.get(),
@@ -102,8 +121,16 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
 
     def mapbackStep(self) -> None:
         """The k-means labels in the tomograms: one script of markers, one of placed cluster volumes."""
-        common: list[object] = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt"),
-                                "--particles", self._train().inputStar()]
+        if not (self.volumeStar.get() or "").strip():  # reliontomo particles: from their own rows, same order
+            from ..convert.relion5 import volume_series_star
+
+            train = self._train()
+            volume_series_star(train.particlesStar(), train.inputParticles.get().getTomogramsStar(),
+                               self._volumeStar())
+            common: list[object] = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt")]
+        else:
+            common = [os.path.abspath(self._volumeStar()), "--labels", self.kmeansDir("labels.txt"),
+                      "--particles", self._train().inputStar()]
         self._runCli("mapback", [*common, "-o", self.mapbackDir("markers"), "--mode", "markers"])
         self._runCli("mapback", [*common, "-o", self.mapbackDir("volumes"), "--mode", "volumes",
                                  "--vols-dir", self.kmeansDir()])
@@ -115,7 +142,9 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         labels = np.loadtxt(self.kmeansDir("labels.txt"), dtype=np.int64, ndmin=1)
         centers = np.loadtxt(self.kmeansDir("centers.txt"), ndmin=2)
         centers_ind = np.loadtxt(self.kmeansDir("centers_ind.txt"), dtype=np.int64, ndmin=1)
-        ids = star_particle_ids(train.inputStar())
+        ids = training_particle_ids(train)
+        if len(ids) != len(labels):
+            raise ValueError(f"{self.kmeansDir('labels.txt')}: {len(labels)} labels for {len(ids)} particles")
         label_of = dict(zip(ids, labels.tolist()))
         sizes = np.bincount(labels[labels >= 0], minlength=len(centers))
 
@@ -137,15 +166,30 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
         vols.setSamplingRate(pixel)
 
         parts = train.outputParticles
-        out = self._createParticleSet()
-        out.copyInfo(parts)
-        for p in parts.iterItems(orderBy="id"):
-            q = p.clone()
-            q.setCluster(label_of.get(p.getParticleId(), -1))
-            out.append(q)
-        self._defineOutputs(outputVolumes=vols, outputParticles=out)
-        self._defineSourceRelation(parts, vols)
-        self._defineSourceRelation(parts, out)
+        outputs = {"outputVolumes": vols}
+        if is_relion_set(parts):  # the input's own class, each item with its cluster, matched by particle name
+            from reliontomo.constants import PSUBTOMOS_SQLITE
+            from reliontomo.objects import RelionSetOfPseudoSubtomograms
+            from tomo.objects import SetOfCoordinates3D
+
+            out = RelionSetOfPseudoSubtomograms.create(self._getPath(), template=PSUBTOMOS_SQLITE)
+            relion_items_with(parts, out, {n: {CLUSTER_ATTR: c} for n, c in label_of.items()}, keep_missing=True)
+            if parts.getCoordinates3D() is not None:  # the clusters on the particles' tomograms
+                coords = SetOfCoordinates3D.create(self._getPath(), template="coordinates%s.sqlite",
+                                                   suffix="Clusters")
+                cluster_coordinates(parts, label_of, coords)
+                outputs["outputCoordinates"] = coords
+        else:
+            out = self._createParticleSet()
+            out.copyInfo(parts)
+            for p in parts.iterItems(orderBy="id"):
+                q = p.clone()
+                q.setCluster(label_of.get(p.getParticleId(), -1))
+                out.append(q)
+        outputs["outputParticles"] = out
+        self._defineOutputs(**outputs)
+        for o in outputs.values():
+            self._defineSourceRelation(parts, o)
 
     # ------------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
@@ -161,7 +205,7 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
             errors.append("The training run has no output particles yet: wait for it to finish.")
         if self.numPcs.get() > train.zdim.get():
             errors.append(f"Only {train.zdim.get()} principal components exist (zdim).")
-        if self._volumeStar() and not os.path.isfile(self._volumeStar()):
+        if (self.volumeStar.get() or "").strip() and not os.path.isfile(self._volumeStar()):
             errors.append(f"Volume-series star not found: {self._volumeStar()}")
         return errors
 

@@ -10,7 +10,8 @@ from pwem.objects import FSC, Volume
 from pyworkflow.object import Float
 
 from ..constants import CITE_TOMODRGN
-from .protocol_base import TomoDrgnProtBase
+from .protocol_base import (PARTICLE_CLASSES, TomoDrgnProtBase, add_relion_contrast_param, input_errors,
+                            relion_or_own_args)
 
 FSC_COLUMNS = ("shell", "frequency_1_per_A", "resolution_A", "fsc")
 
@@ -41,8 +42,11 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
     # ------------------------------------------------------------------------------------ form
     def _defineParams(self, form) -> None:
         form.addSection(label="Input")
-        form.addParam("inputParticles", params.PointerParam, pointerClass="TomoDrgnParticles", important=True,
-                      label="Particle tilt series", help="From the import protocol, or a selection of them.")
+        form.addParam("inputParticles", params.PointerParam, pointerClass=PARTICLE_CLASSES, important=True,
+                      label="Particle tilt series",
+                      help="From our import protocol or a selection of them, or reliontomo's 2D-stack "
+                           "pseudo-subtomograms (3D ones must be re-extracted as 2D stacks first).")
+        add_relion_contrast_param(form)
         line = form.addLine("Weighting", expertLevel=params.LEVEL_ADVANCED,
                             help="--recon-dose-weight: weight frequencies by their dose attenuation; "
                                  "--recon-tilt-weight: weight images by cos(stage tilt); --l-dose-mask: drop "
@@ -56,6 +60,10 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ paths
     def inputStar(self) -> str:
+        """What the command reads: the optimisation set of reliontomo particles, else our set's star file in its
+        own format."""
+        if self.isRelionInput():
+            return self._getExtraPath("particles_optimisation_set.star")
         from ..convert.particles import particle_star_name
 
         return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
@@ -66,22 +74,28 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
         self._insertFunctionStep(self.backprojectStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
+
+    def isRelionInput(self) -> bool:
+        from ..convert.relion5 import is_relion_set
+
+        return is_relion_set(self.inputParticles.get())
 
     def convertInputStep(self) -> None:
         from ..convert.particles import star_from_particles
+        from ..convert.relion5 import optimisation_set_for
 
-        star_from_particles(self.inputParticles.get(), self.inputStar())
+        if self.isRelionInput():
+            optimisation_set_for(self.inputParticles.get(), self._getExtraPath(), stem="particles")
+        else:
+            star_from_particles(self.inputParticles.get(), self.inputStar())
 
     def backprojectStep(self) -> None:
         parts = self.inputParticles.get()
-        datadir = parts.getDataDir() or os.path.dirname(os.path.abspath(parts.getStar()))
-        args: list[object] = [self.inputStar(), "-o", self.mapPath(), "--datadir", datadir,
+        args: list[object] = [self.inputStar(), "-o", self.mapPath(), *relion_or_own_args(self, parts),
                               "--pad", self.pad.get(), *self._deviceArgs()]
-        if parts.isProteinDark():
-            args.append("--uninvert-data")
         for flag, on in (("--recon-dose-weight", self.doseWeight), ("--recon-tilt-weight", self.tiltWeight),
                          ("--l-dose-mask", self.doseMask)):
             if on.get():
@@ -114,8 +128,8 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
         parts = self.inputParticles.get()
         if parts is None:
             return ["Choose the particle tilt series."]
-        errors = []
-        if not self._exists(parts.getStar()):
+        errors = input_errors(parts)
+        if not self.isRelionInput() and not self._exists(parts.getStar()):
             errors.append(f"{parts.getStar()}: star file of the particle set not found")
         if parts.getSize() < 2:
             errors.append(f"Half maps need at least 2 particles; the set has {parts.getSize()}.")

@@ -6,6 +6,7 @@ import os
 import shlex
 from typing import Iterable
 
+import pyworkflow as pw
 import pyworkflow.protocol.params as params
 import pyworkflow.utils as pwutils
 from pwem.protocols import EMProtocol
@@ -13,6 +14,64 @@ from pwem.protocols import EMProtocol
 from .. import Plugin
 from ..constants import CITE_CRYODRGN, CITE_TOMODRGN
 from ..objects import TomoDrgnParticles
+
+
+#: The particle sets our protocols take: ours, and scipion-em-reliontomo's 2D-stack pseudo-subtomograms.
+PARTICLE_CLASSES = "TomoDrgnParticles, RelionSetOfPseudoSubtomograms"
+
+
+def particle_key(item) -> str:
+    """The name that identifies a particle in its star file: ``_rlnGroupName`` (ours) or
+    ``_rlnTomoParticleName`` (reliontomo's items)."""
+    get = getattr(item, "getParticleId", None) or getattr(item, "getRelionParticleName")
+    return get()
+
+
+def particle_cluster(item) -> "int | None":
+    """The k-means cluster an analyze run gave a particle of either class (None before analysis)."""
+    from ..convert.relion5 import item_cluster
+
+    return item_cluster(item)
+
+
+def relion_or_own_args(prot, parts) -> list[object]:
+    """``--datadir`` and contrast options for the particle input of a protocol.
+
+    Our sets: their data folder (or the star's) and ``--uninvert-data`` when protein-dark. reliontomo's
+    pseudo-subtomograms: RELION writes image paths relative to its project folder, which is Scipion's
+    project folder (the working directory of the run), and ``--uninvert-data`` when the form says the
+    images are protein-dark.
+    """
+    from ..convert.relion5 import is_relion_set
+
+    if is_relion_set(parts):
+        args: list[object] = ["--datadir", os.getcwd()]
+        if prot.relionProteinDark.get():
+            args.append("--uninvert-data")
+        return args
+    args = ["--datadir", parts.getDataDir() or os.path.dirname(os.path.abspath(parts.getStar()))]
+    if parts.isProteinDark():
+        args.append("--uninvert-data")
+    return args
+
+
+def input_errors(parts) -> list[str]:
+    """Form errors of the particle input of either class (empty when fine)."""
+    from ..convert.relion5 import is_relion_set, validate_relion_set
+
+    if parts is None:
+        return ["Choose the particles."]
+    if is_relion_set(parts):
+        return validate_relion_set(parts)
+    return []
+
+
+def add_relion_contrast_param(form) -> None:
+    """Contrast of reliontomo's particles (ours carry it from their import)."""
+    form.addParam("relionProteinDark", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
+                  label="reliontomo particles: protein-dark?",
+                  help="Only for reliontomo's pseudo-subtomograms. No (default): protein-light images, which the "
+                       "method inverts. Yes: protein-dark (--uninvert-data).")
 
 
 def quote(args: Iterable[object]) -> str:
@@ -40,6 +99,8 @@ class TomoDrgnProtBase(TomoDrgnLabel, EMProtocol):
 
     _label = None  # abstract: no entry in the GUI
     _possibleOutputs = {}
+    #: Shown by Scipion's protocol tree and forms: a new plugin, tested on simulated and sample data.
+    _devStatus = pw.BETA
 
     # ------------------------------------------------------------------------------------ form helpers
     @staticmethod

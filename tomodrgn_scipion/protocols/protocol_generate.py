@@ -148,9 +148,9 @@ class TomoDrgnProtGenerateVolumes(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
         self._insertFunctionStep(self.generateStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def convertInputStep(self) -> None:
         # repr keeps every digit: the volumes are rendered at exactly the points recorded with them

@@ -50,7 +50,7 @@ class TomoDrgnProtImportParticles(ProtImport):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.importStep)
+        self._insertFunctionStep(self.importStep, needsGPU=False)
 
     def importStep(self) -> None:
         from ..convert.particles import particles_from_star

@@ -1,5 +1,7 @@
-"""Select particles by cluster or by index and export them as a RELION 3.0 star file (all original
-columns), ready for RELION/Warp/M or another training run."""
+"""Select particles by cluster or by index and export them in their own format: a RELION 3.0 star file (all
+original columns) for our particle sets; for scipion-em-reliontomo's pseudo-subtomograms, a set of that class
+(the input's info copied, its items cloned) with a RELION 5 optimisation set of the kept rows, ready for
+reliontomo's refinement, classification, reconstruction and re-extraction."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,7 @@ import pyworkflow.protocol.params as params
 
 from ..constants import CITE_TOMODRGN
 from ..objects import TomoDrgnParticles
-from .protocol_base import TomoDrgnProtBase
+from .protocol_base import PARTICLE_CLASSES, TomoDrgnProtBase, particle_cluster
 
 SELECT_CLUSTERS, SELECT_INDICES = 0, 1
 
@@ -39,9 +41,10 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
 
     def _defineParams(self, form) -> None:
         form.addSection(label="Input")
-        form.addParam("inputParticles", params.PointerParam, pointerClass="TomoDrgnParticles", important=True,
-                      label="Particles", help="Particle tilt series; for selection by cluster, the output particles "
-                                              "of an analyze run (each carries its cluster).")
+        form.addParam("inputParticles", params.PointerParam, pointerClass=PARTICLE_CLASSES, important=True,
+                      label="Particles", help="Particle tilt series, or reliontomo's pseudo-subtomograms; for "
+                                              "selection by cluster, the output particles of an analyze run (each "
+                                              "carries its cluster). The output is of the input's class.")
         form.addParam("mode", params.EnumParam, choices=["by cluster", "by particle index"], default=SELECT_CLUSTERS,
                       display=params.EnumParam.DISPLAY_HLIST, label="Select")
         form.addParam("clusters", params.StringParam, default="", condition=f"mode == {SELECT_CLUSTERS}",
@@ -57,8 +60,8 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.selectStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.selectStep, needsGPU=False)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def exportedStar(self) -> str:
         from ..convert.particles import particle_star_name
@@ -70,10 +73,22 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
 
         return self._getExtraPath(particle_star_name(self.inputParticles.get(), "input_particles"))
 
+    def selectedNamesFile(self) -> str:
+        """The ``_rlnTomoParticleName`` of each kept particle, one a line (reliontomo input)."""
+        return self._getExtraPath("selected_names.txt")
+
+    def _isRelion(self) -> bool:
+        from ..convert.relion5 import is_relion_set
+
+        return is_relion_set(self.inputParticles.get())
+
     def selectStep(self) -> None:
         from ..convert.particles import star_from_particles
 
         parts = self.inputParticles.get()
+        if self._isRelion():
+            self._selectRelion(parts)
+            return
         star_from_particles(parts, self._sourceStar())
         args: list[object] = [self._sourceStar(), "-o", self.exportedStar(), "--action",
                               ["keep", "drop"][self.action.get()]]
@@ -85,6 +100,28 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
             args += ["--ind", self._indexFile()]
         self._runCli("filter", args)
 
+    def _selectRelion(self, parts) -> None:
+        """The chosen particles by name, with the command line's rules (``filter``'s index and label checks)."""
+        from pathlib import Path
+
+        from ..convert.relion5 import item_cluster, write_text_atomic
+        from ..method.cli_analysis import select_particles
+
+        # values, not items: Scipion reuses one item object while iterating
+        names = [p.getRelionParticleName() for p in parts.iterItems(orderBy="id")]
+        action = ["keep", "drop"][self.action.get()]
+        if self.mode.get() == SELECT_CLUSTERS:
+            labels = [item_cluster(p) for p in parts.iterItems(orderBy="id")]
+            np.savetxt(self._getExtraPath("labels.txt"), [-1 if c is None else c for c in labels], fmt="%d")
+            chosen = select_particles(len(names), labels=Path(self._getExtraPath("labels.txt")),
+                                      labels_sel=parse_int_list(self.clusters.get()), action=action)
+        else:
+            chosen = select_particles(len(names), ind=Path(self._indexFile()), action=action)
+        if len(chosen) == 0:
+            raise ValueError("the selection keeps no particle")
+        write_text_atomic("".join(names[int(i)] + "\n" for i in chosen),
+                          self.selectedNamesFile())
+
     def _indexFile(self) -> str:
         if self.indices.get() and self.indices.get().strip():
             path = self._getExtraPath("indices.txt")
@@ -95,6 +132,9 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
     def createOutputStep(self) -> None:
         from ..method.star import TiltSeriesStar
 
+        if self._isRelion():
+            self._createRelionOutput()
+            return
         kept = set(TiltSeriesStar(self.exportedStar()).particle_ids)
         parts = self.inputParticles.get()
         out = self._createParticleSet()
@@ -111,6 +151,24 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
         self._defineOutputs(outputParticles=out)
         self._defineSourceRelation(parts, out)
 
+    def _createRelionOutput(self) -> None:
+        """A ``RelionSetOfPseudoSubtomograms`` of the kept particles with its own optimisation set."""
+        from reliontomo.constants import PSUBTOMOS_SQLITE
+        from reliontomo.objects import RelionSetOfPseudoSubtomograms
+
+        from ..convert.relion5 import relion_subset
+
+        parts = self.inputParticles.get()
+        names = open(self.selectedNamesFile()).read().split()
+        out = RelionSetOfPseudoSubtomograms.create(self._getPath(), template=PSUBTOMOS_SQLITE)
+        relion_subset(parts, names, out, self._getExtraPath())
+        self._defineOutputs(outputParticles=out)
+        self._defineSourceRelation(parts, out)
+
+    def exportedOptimisationSet(self) -> str:
+        """The optimisation set of a reliontomo selection (for RELION 5 / M outside Scipion)."""
+        return self._getExtraPath("optimisation_set.star")
+
     # ------------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
         parts = self.inputParticles.get()
@@ -122,7 +180,7 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
                 chosen = parse_int_list(self.clusters.get() or "")
                 if not chosen:
                     errors.append("Give the clusters to select.")
-                elif parts.getFirstItem().getCluster() is None:
+                elif particle_cluster(parts.getFirstItem()) is None:
                     errors.append("These particles have no clusters: use the output particles of an analyze run.")
             else:
                 if not (self.indices.get() or "").strip() and not self.indexFile.get():
@@ -140,12 +198,13 @@ class TomoDrgnProtSelect(TomoDrgnProtBase):
     def _summary(self) -> list[str]:
         if not self.hasAttribute("outputParticles"):
             return ["Not run yet."]
+        exported = (f"RELION 5 optimisation set: {self.exportedOptimisationSet()}" if self._isRelion()
+                    else f"RELION 3.0 star file: {self.exportedStar()}")
         return [f"{self.outputParticles.getSize()} of {self.inputParticles.get().getSize()} particles "
-                f"({['kept', 'dropped'][self.action.get()]} by {['cluster', 'index'][self.mode.get()]}).",
-                f"RELION 3.0 star file: {self.exportedStar()}"]
+                f"({['kept', 'dropped'][self.action.get()]} by {['cluster', 'index'][self.mode.get()]}).", exported]
 
     def _methods(self) -> list[str]:
         if not self.hasAttribute("outputParticles"):
             return []
         return [f"{self.outputParticles.getSize()} particles were selected from the tomoDRGN-style analysis "
-                f"[{CITE_TOMODRGN}] and exported as a RELION 3.0 star file."]
+                f"[{CITE_TOMODRGN}] and exported as a {'RELION 5 optimisation set' if self._isRelion() else 'RELION 3.0 star file'}."]

@@ -10,7 +10,8 @@ from pwem.objects import Volume
 
 from ..constants import CITE_TOMODRGN
 from ..objects import TomoDrgnParticles
-from .protocol_base import TomoDrgnProtBase
+from .protocol_base import (PARTICLE_CLASSES, TomoDrgnProtBase, add_relion_contrast_param, input_errors,
+                            relion_or_own_args)
 
 PE_TYPES = ["geom_lowf", "geom_ft", "geom_full", "geom_nohighf", "linear_lowf", "gaussian", "none"]
 POOLING = ["concatenate", "max", "mean", "median", "set_attention"]
@@ -26,8 +27,12 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
     # ------------------------------------------------------------------------------------ form
     def _defineInputParams(self, form) -> None:
         form.addSection(label="Input")
-        form.addParam("inputParticles", params.PointerParam, pointerClass="TomoDrgnParticles", important=True,
-                      label="Particle tilt series", help="From the import protocol, or a selection of them.")
+        form.addParam("inputParticles", params.PointerParam, pointerClass=PARTICLE_CLASSES, important=True,
+                      label="Particle tilt series",
+                      help="From our import protocol or a selection of them, or reliontomo's 2D-stack "
+                           "pseudo-subtomograms (\"Extract subtomos\" with \"Write output as 2D stacks?\" = Yes); "
+                           "3D pseudo-subtomograms must be re-extracted as 2D stacks first.")
+        add_relion_contrast_param(form)
         form.addParam("continueRun", params.PointerParam, pointerClass=self.getClassName(), allowsNull=True,
                       label="Continue from a previous run (optional)",
                       help="Resume that run's training from its last checkpoint (same particles and network) "
@@ -74,20 +79,37 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         return self._getExtraPath(self.TRAIN_DIR, *parts)
 
     def inputStar(self) -> str:
+        """What the command reads: the optimisation set of reliontomo particles, else our set's star file in its
+        own format."""
+        if self.isRelionInput():
+            return self._getExtraPath("particles_optimisation_set.star")
         from ..convert.particles import particle_star_name
 
         return self._getExtraPath(particle_star_name(self.inputParticles.get(), "particles"))
 
+    def particlesStar(self) -> str:
+        """The star file with one entry per particle, in the order the method indexes them."""
+        return self._getExtraPath("particles.star")
+
+    def isRelionInput(self) -> bool:
+        from ..convert.relion5 import is_relion_set
+
+        return is_relion_set(self.inputParticles.get())
+
     # ------------------------------------------------------------------------------------ steps
     def _insertAllSteps(self) -> None:
-        self._insertFunctionStep(self.convertInputStep)
+        self._insertFunctionStep(self.convertInputStep, needsGPU=False)
         self._insertFunctionStep(self.trainStep)
-        self._insertFunctionStep(self.createOutputStep)
+        self._insertFunctionStep(self.createOutputStep, needsGPU=False)
 
     def convertInputStep(self) -> None:
         from ..convert.particles import star_from_particles
+        from ..convert.relion5 import optimisation_set_for
 
-        star_from_particles(self.inputParticles.get(), self.inputStar())
+        if self.isRelionInput():
+            optimisation_set_for(self.inputParticles.get(), self._getExtraPath(), stem="particles")
+        else:
+            star_from_particles(self.inputParticles.get(), self.inputStar())
         prev = self.continueRun.get()
         if prev is not None and not os.path.isdir(self.trainDir()):
             shutil.copytree(prev.trainDir(), self.trainDir())
@@ -100,10 +122,7 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
                               "--num-workers", self.numWorkers.get(),
                               "--dec-layers", self.decLayers.get(), "--dec-dim", self.decDim.get(),
                               "--pe-type", PE_TYPES[self.peType.get()], *self._deviceArgs()]
-        datadir = parts.getDataDir() or os.path.dirname(os.path.abspath(parts.getStar()))
-        args += ["--datadir", datadir]
-        if parts.isProteinDark():
-            args.append("--uninvert-data")
+        args += relion_or_own_args(self, parts)
         for flag, on in (("--recon-dose-weight", self.doseWeight), ("--recon-tilt-weight", self.tiltWeight),
                          ("--l-dose-mask", self.doseMask), ("--lazy", self.lazy), ("--no-amp", self.noAmp)):
             if on.get():
@@ -122,7 +141,7 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
 
     # ------------------------------------------------------------------------------------ info
     def _validate(self) -> list[str]:
-        errors = []
+        errors = input_errors(self.inputParticles.get())
         prev = self.continueRun.get()
         if prev is not None:
             if not os.path.isdir(prev.trainDir()):
@@ -188,11 +207,21 @@ class TomoDrgnProtTrainVAE(TomoDrgnProtTrainBase):
 
     def createOutputStep(self) -> None:
         from ..convert.particles import particles_with_z
+        from ..convert.relion5 import Z_ATTR, relion_items_with
 
         z = np.load(self.trainDir("z.npy"))
         ids = open(self.trainDir("particle_ids.txt")).read().split()
-        out = self._createParticleSet()
-        missing = particles_with_z(self.inputParticles.get(), out, z, ids)
+        if self.isRelionInput():  # the input's own class, each item with its z, matched by particle name
+            from reliontomo.constants import PSUBTOMOS_SQLITE
+            from reliontomo.objects import RelionSetOfPseudoSubtomograms
+
+            if z.ndim != 2 or len(z) != len(ids):
+                raise ValueError(f"z has shape {z.shape} for {len(ids)} particle ids")
+            out = RelionSetOfPseudoSubtomograms.create(self._getPath(), template=PSUBTOMOS_SQLITE)
+            missing = relion_items_with(self.inputParticles.get(), out, {i: {Z_ATTR: v} for i, v in zip(ids, z)})
+        else:
+            out = self._createParticleSet()
+            missing = particles_with_z(self.inputParticles.get(), out, z, ids)
         if missing:
             self.info(f"{missing} particles have no z (fewer tilts than --ntilts) and are not in the output")
         self._defineOutputs(outputParticles=out)

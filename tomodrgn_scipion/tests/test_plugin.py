@@ -83,14 +83,18 @@ def test_protocols_conf_is_valid_for_pyworkflow():
     assert cp.has_section("PROTOCOLS")
     tree = json.loads(cp.get("PROTOCOLS", "Tomography"))
     sections = [item for item in tree if item.get("tag") == "section"]
-    assert [s["text"] for s in sections] == ["tomoDRGN"]
+    assert [s["text"] for s in sections] == ["tomoDRGN", "Subtomogram averaging"]
     assert all(isinstance(s.get("children"), list) for s in sections)
-    # every protocol of the plugin is in the tree, and every tree entry is a protocol of the plugin
+    # where a reliontomo user looks: a section beside reliontomo's "Classification and Alignment"
+    (hetero,) = sections[1]["children"]
+    assert hetero["tag"] == "section" and hetero["text"] == "Heterogeneity (tomoDRGN)"
+    # every protocol of the plugin is in both places, and every tree entry is a protocol of the plugin
     import tomodrgn_scipion.protocols as protocols
 
-    listed = [c["value"] for c in sections[0]["children"] if c.get("tag") == "protocol"]
     offered = [n for n in protocols.__all__ if not getattr(protocols, n).isBase()]
-    assert sorted(listed) == sorted(offered) and all(n.startswith("TomoDrgnProt") for n in listed)
+    for section in (sections[0], hetero):
+        listed = [c["value"] for c in section["children"] if c.get("tag") == "protocol"]
+        assert sorted(listed) == sorted(offered) and all(n.startswith("TomoDrgnProt") for n in listed)
 
 
 def test_protocol_names_are_readable_in_a_narrow_tree():
@@ -176,8 +180,6 @@ def test_variables_fall_back_to_environment(monkeypatch):
     assert P.getProgram("train") == "conda activate tdrgn && tomodrgn-scipion train"
 
 
-def test_define_binaries_is_a_no_op():
-    assert tomodrgn_scipion.Plugin.defineBinaries(None) is None
 
 
 def test_cli_program_runs(plugin, tmp_path):
@@ -237,8 +239,12 @@ def test_protocol_tree_loads_with_plugin(tmp_path):
     domain = pw.Config.getDomain()
     tree = ProtocolTreeConfig.load(domain, pw.Config.SCIPION_PROTOCOLS)
     tomo = tree.get("Tomography")
-    texts = [c.text.get() if hasattr(c.text, "get") else c.text for c in tomo.childs] if tomo else []
-    print("RESULT=" + json.dumps({"errors": errors, "texts": texts}))
+    text = lambda node: str(node.text.get() if hasattr(node.text, "get") else node.text)
+    texts = [text(c) for c in tomo.childs] if tomo else []
+    sta = [c for c in tomo.childs if text(c) == "Subtomogram averaging"] if tomo else []
+    sta_sections = {text(c): [str(p.value.get() if hasattr(p.value, "get") else p.value) for p in c.childs]
+                    for c in sta[0].childs if c.childs} if sta else {}
+    print("RESULT=" + json.dumps({"errors": errors, "texts": texts, "sta": sta_sections}))
     """
     proc = _run_python(code, _scipion_env(tmp_path), tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -246,6 +252,9 @@ def test_protocol_tree_loads_with_plugin(tmp_path):
     out = json.loads(line[len("RESULT="):])
     assert out["errors"] == []
     assert "tomoDRGN" in out["texts"]
+    # merged with scipion-em-reliontomo's tree: our section sits beside its refinement and classification
+    assert "ProtRelionRefineSubtomograms" in out["sta"]["Classification and Alignment"]
+    assert "TomoDrgnProtTrainVAE" in out["sta"]["Heterogeneity (tomoDRGN)"]
 
 
 # ---------------------------------------------------------------------------

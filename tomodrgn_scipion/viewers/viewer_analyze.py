@@ -11,6 +11,7 @@ import pyworkflow.protocol.params as params
 from pyworkflow.viewer import View
 
 from ..protocols import TomoDrgnProtAnalyze, TomoDrgnProtSelect
+from ..protocols.protocol_base import particle_key
 from ..protocols.protocol_select import SELECT_INDICES
 from .figures import image_grid, lowest_dose_images, positions_figure
 from .latent import COLOR_CLUSTER, LatentSpace
@@ -183,7 +184,7 @@ class TomoDrgnAnalyzeViewer(TomoDrgnViewerBase):
         """
         latent = self.latentSpace()
         parts = self.protocol.outputParticles
-        position = {p.getParticleId(): i for i, p in enumerate(parts.iterItems(orderBy="id"))}
+        position = {particle_key(p): i for i, p in enumerate(parts.iterItems(orderBy="id"))}
         indices = [position[latent.ids[int(r)]] for r in rows]
         project = self.getProject()
         prot = project.newProtocol(TomoDrgnProtSelect, mode=SELECT_INDICES, indices=format_indices(indices),
@@ -232,7 +233,7 @@ class TomoDrgnAnalyzeViewer(TomoDrgnViewerBase):
         rows = np.flatnonzero(latent.labels == j)[: max(1, self.maxImages.get())]
         ids = [latent.ids[r] for r in rows]
         parts = self._train().inputParticles.get()
-        images, titles = lowest_dose_images(self._train().inputStar(), ids, parts.getDataDir())
+        images, titles = lowest_dose_images(self._train().inputStar(), ids, getattr(parts, "getDataDir", lambda: None)())
         n = int((latent.labels == j).sum())
         return image_grid(list(images), titles, f"cluster {j}: {len(ids)} of its {n} particles, lowest-dose tilt")
 

@@ -1,5 +1,6 @@
-"""Viewer of the protocols that output particle tilt series (import, select): the particles' lowest-dose
-images and their tilt scheme (stage tilt against accumulated dose, tilts per particle)."""
+"""Viewer of the protocols that output particle tilt series (imports, select): the particles' lowest-dose
+images and their tilt scheme (stage tilt against accumulated dose, tilts per particle), for our sets and
+reliontomo's pseudo-subtomograms alike."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,9 +9,19 @@ from matplotlib.figure import Figure
 from pyworkflow.viewer import View
 
 from ..method import plots
-from ..protocols import TomoDrgnProtImportParticles, TomoDrgnProtSelect
+from ..protocols import TomoDrgnProtImportParticles, TomoDrgnProtImportRelionParticles, TomoDrgnProtSelect
 from .figures import image_grid, lowest_dose_images
 from .viewer_base import TomoDrgnViewerBase
+
+
+def particle_files(parts) -> tuple[str, list[str], str | None]:
+    """(star file the method reads, particle names in set order, data folder) of a set of either class:
+    ours (its star, ``_rlnGroupName``), or reliontomo's (its optimisation set, ``_rlnTomoParticleName``)."""
+    from ..convert.relion5 import is_relion_set, item_names
+
+    if is_relion_set(parts):
+        return parts.filesMaster, item_names(parts), None
+    return parts.getStar(), parts.getParticleIds(), parts.getDataDir()
 
 
 def tilt_scheme_figure(star_path: str, title: str) -> Figure:
@@ -41,7 +52,7 @@ class TomoDrgnParticlesViewer(TomoDrgnViewerBase):
     """Particle images (lowest-dose tilt) and the tilt scheme of an imported or selected particle set."""
 
     _label = "viewer tomoDRGN particles"
-    _targets = [TomoDrgnProtImportParticles, TomoDrgnProtSelect]
+    _targets = [TomoDrgnProtImportParticles, TomoDrgnProtImportRelionParticles, TomoDrgnProtSelect]
 
     def _defineParams(self, form) -> None:
         form.addSection(label="Particles")
@@ -54,12 +65,13 @@ class TomoDrgnParticlesViewer(TomoDrgnViewerBase):
         return {"displayImages": self._showImages, "displayTilts": self._showTilts}
 
     def _particles(self):
-        return getattr(self.protocol, "outputParticles", None)
+        return getattr(self.protocol, "outputParticles", None) or getattr(self.protocol, "outputRelionParticles", None)
 
     def imagesFigure(self) -> Figure:
         parts = self._particles()
-        ids = parts.getParticleIds()[self.first.get(): self.first.get() + max(1, self.maxImages.get())]
-        images, titles = lowest_dose_images(parts.getStar(), ids, parts.getDataDir())
+        star, names, datadir = particle_files(parts)
+        ids = names[self.first.get(): self.first.get() + max(1, self.maxImages.get())]
+        images, titles = lowest_dose_images(star, ids, datadir)
         return image_grid(list(images), titles, f"particles {self.first.get()}..{self.first.get() + len(ids) - 1} of "
                                                 f"{parts.getSize()}, lowest-dose tilt")
 
@@ -75,5 +87,5 @@ class TomoDrgnParticlesViewer(TomoDrgnViewerBase):
         parts = self._particles()
         if parts is None:
             return self.missing("No particles yet: run (or wait for) this protocol.")
-        return self.figureView(tilt_scheme_figure(parts.getStar(), f"{self.protocol.getRunName()}"),
+        return self.figureView(tilt_scheme_figure(particle_files(parts)[0], f"{self.protocol.getRunName()}"),
                                f"{self.protocol.getRunName()}: tilt scheme")
