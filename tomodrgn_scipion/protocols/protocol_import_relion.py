@@ -12,9 +12,10 @@ from pwem.protocols import ProtImport
 
 from ..constants import CITE_TOMODRGN
 from ..method.errors import InputError
+from .protocol_base import TomoDrgnLabel
 
 
-class TomoDrgnProtImportRelionParticles(ProtImport):
+class TomoDrgnProtImportRelionParticles(TomoDrgnLabel, ProtImport):
     """Import a RELION 5 optimisation set (its particles.star and tomograms.star) as reliontomo's
     pseudo-subtomogram set, with one 3D coordinate per particle on the chosen tomograms."""
 
