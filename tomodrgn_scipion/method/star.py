@@ -175,6 +175,8 @@ class TiltSeriesStar:
             raise InputError(f"{src.where(row)}: pixel size {pixel[row]:g} A, but {pixel[0]:g} A on the first image; "
                              f"all images must share one pixel size")
         self.pixel_size = float(pixel[0])
+        for note in src.notes:
+            log.warning("%s: %s", self.path, note)
         self._warn_suspicious()
 
     @property

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..errors import InputError
 from .blocks import StarFile, read_blocks
@@ -94,17 +93,3 @@ def open_source(path: str | os.PathLike, source: str = "auto", tomograms: str | 
 
     return read_particle_series(star, kind, tomograms)
 
-
-def resolve_path(name: str, anchor: Path) -> Path:
-    """Where a path written in a star file points: as it is if absolute, else beside ``anchor`` or
-    beside one of the folders above it (RELION writes paths relative to its project folder, which is
-    usually a few levels above the star file). The first existing candidate wins; the first candidate
-    when none exists."""
-    p = Path(name)
-    if p.is_absolute():
-        return p
-    folder = anchor.resolve().parent
-    for base in (folder, *folder.parents):
-        if (base / p).exists():
-            return base / p
-    return folder / p

@@ -63,6 +63,8 @@ class SeriesSource:
         The star column each of :data:`FIELDS` came from (without underscore), for errors.
     particle_df : pandas.DataFrame or None
         For particle series: one row per particle (in order of first appearance), its columns as text.
+    notes : list of str
+        What the reader left out or assumed, logged once as warnings.
     writer : callable
         ``writer(particles, rows, out)`` writes the particles at positions ``particles`` (numpy int
         array; their image rows ``rows``) to ``out`` in the source's format and returns the paths written.
