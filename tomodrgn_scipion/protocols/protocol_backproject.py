@@ -2,7 +2,6 @@
 backproject``): a map, its half maps and their FSC, e.g. to check the poses before training."""
 from __future__ import annotations
 
-
 import numpy as np
 import pyworkflow.protocol.params as params
 from pwem.objects import FSC, Volume
