@@ -16,6 +16,7 @@ from .errors import InputError
 from .formats import DESCRIPTION
 
 if TYPE_CHECKING:
+    from .distributed import Context
     from .models import TomoModel
     from .particles import ParticleTiltData
     from .training import TrainSettings
@@ -50,7 +51,18 @@ def _add_training_args(p: argparse.ArgumentParser, epochs: int, batch: int) -> N
     g.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA (the CPU always computes in float32)")
     add_device_arg(g)
     g.add_argument("--num-workers", type=int, default=0,
-                   help="background threads preparing the next batches (useful with --lazy; default: 0)")
+                   help="background threads reading the next batches' images from disk while the current one trains "
+                        "(for streamed data; default: 0)")
+    g.add_argument("--no-lazy", dest="lazy", action="store_false",
+                   help="keep every preprocessed image in memory on the training device, however large the set "
+                        "(default: in memory when it takes at most half the free memory, else streamed as with --lazy)")
+    g.add_argument("--num-gpus", type=int, default=1,
+                   help="train on N GPUs of this machine with DistributedDataParallel, one process each (ranks use "
+                        "cuda:0..N-1 of CUDA_VISIBLE_DEVICES; with --device cpu, N CPU processes); -b is the batch of "
+                        "all GPUs together. Under torchrun leave it at 1: torchrun says how many (default: 1)")
+    g.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many optimiser steps and finish as after the last epoch (benchmarks; default: no limit)")
+    p.set_defaults(lazy=None)
 
 
 def _add_decoder_args(p: argparse.ArgumentParser, prefix: str) -> None:
@@ -104,7 +116,8 @@ def add_train_nn(p: argparse.ArgumentParser) -> None:
     _add_decoder_args(p, "nn")
 
 
-def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tuple["TrainSettings", "ParticleTiltData", dict]:
+def _prepare(a: argparse.Namespace, zdim: int, ctx: "Context",
+             norm: float | None = None) -> tuple["TrainSettings", "ParticleTiltData", dict]:
     """Data and settings shared by ``train_vae`` and ``train_nn``."""
     from .dataset import TiltSeriesData
     from .particles import ParticleTiltData
@@ -114,13 +127,15 @@ def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tup
         num_epochs=a.num_epochs, batch_size=a.batch_size, lr=a.lr, wd=a.wd, beta=getattr(a, "beta", None), seed=a.seed,
         recon_dose_weight=a.recon_dose_weight, recon_tilt_weight=a.recon_tilt_weight, l_dose_mask=a.l_dose_mask,
         checkpoint=a.checkpoint, amp=not a.no_amp, num_workers=a.num_workers,
-        tilt_sampling=getattr(a, "tilt_sampling", "lowest-dose"), lr_schedule=a.lr_schedule,
+        tilt_sampling=getattr(a, "tilt_sampling", "lowest-dose"), lr_schedule=a.lr_schedule, max_steps=a.max_steps,
     )
     settings.check()
     if a.num_workers < 0:
         raise InputError(f"--num-workers {a.num_workers}: must be >= 0")
-    device = resolve_device(a.device)
-    data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=not a.uninvert_data,
+    device = str(ctx.device)
+    # the stacks stay memory-mapped: ParticleTiltData keeps the preprocessed transforms in memory, or
+    # streams, and raw images are never held twice
+    data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=True, invert=not a.uninvert_data,
                           window=a.window, window_r=tuple(a.window_r), **format_kwargs(a))
     log.info("%s: %s%s", a.particles, DESCRIPTION[data.star.source],
              ", CTF-premultiplied" if data.star.ctf_premultiplied.any() else "")
@@ -129,7 +144,8 @@ def _prepare(a: argparse.Namespace, zdim: int, norm: float | None = None) -> tup
     if ntilts is not None and zdim > 0 and ntilts < 1:
         raise InputError(f"--ntilts {ntilts}: must be >= 1")
     pdata = ParticleTiltData(data, sel, ntilts=ntilts, norm=norm, dose_weight=a.recon_dose_weight,
-                             tilt_weight=a.recon_tilt_weight, dose_mask=a.l_dose_mask, device=device, seed=a.seed)
+                             tilt_weight=a.recon_tilt_weight, dose_mask=a.l_dose_mask, device=device, seed=a.seed,
+                             in_memory=None if a.lazy is None else not a.lazy)
     data_cfg = {
         "particles": str(Path(a.particles).resolve()), "datadir": str(Path(a.datadir).resolve()) if a.datadir else None,
         "source_software": data.star.source, "tomograms": str(Path(a.tomograms).resolve()) if a.tomograms else None,
@@ -159,34 +175,72 @@ def _resume_norm(a: argparse.Namespace) -> float | None:
     return float(load_checkpoint(path)["norm"])
 
 
+def _distributed(a: argparse.Namespace, run) -> None:
+    """Run a training command: as ``--num-gpus`` ranks started here, as one rank of a torchrun
+    launch, or as one process."""
+    from .distributed import in_launched_rank, launch, setup, shutdown
+
+    if a.num_gpus < 1:
+        raise InputError(f"--num-gpus {a.num_gpus}: must be >= 1")
+    if a.num_gpus > 1 and not in_launched_rank():
+        device = resolve_device(a.device)
+        if device.startswith("cuda"):
+            import torch
+
+            if torch.cuda.device_count() < a.num_gpus:
+                log.info("--num-gpus %d: torch sees %d GPU(s); ranks share them (gloo)", a.num_gpus, torch.cuda.device_count())
+        log.info("starting %d ranks on %s", a.num_gpus, "the CPU" if device == "cpu" else "the GPUs")
+        rc = launch(a.argv, a.num_gpus)
+        if rc:
+            raise SystemExit(rc)
+        return
+    ctx = setup(resolve_device(a.device))
+    try:
+        run(a, ctx)
+    finally:
+        shutdown(ctx)
+
+
 def run_train_vae(a: argparse.Namespace) -> None:
     """Run ``train_vae``."""
+    _distributed(a, _train_vae)
+
+
+def run_train_nn(a: argparse.Namespace) -> None:
+    """Run ``train_nn``."""
+    _distributed(a, _train_nn)
+
+
+def _train_vae(a: argparse.Namespace, ctx: "Context") -> None:
     from .models import ModelConfig
     from .training import train
 
     if a.zdim <= 0:
         raise InputError(f"--zdim {a.zdim}: must be > 0 (use train_nn for a homogeneous reconstruction)")
-    settings, pdata, data_cfg = _prepare(a, a.zdim, _resume_norm(a))
+    settings, pdata, data_cfg = _prepare(a, a.zdim, ctx, _resume_norm(a))
     model_cfg = ModelConfig(
         box=pdata.data.box, zdim=a.zdim, dec_layers=a.dec_layers, dec_dim=a.dec_dim, pe_type=a.pe_type, pe_dim=a.pe_dim,
         feat_sigma=a.feat_sigma, enc_in_dim=pdata.enc_in_dim, ntilts=pdata.ntilts, enc_layers_A=a.enc_layers_A,
         enc_dim_A=a.enc_dim_A, out_dim_A=a.out_dim_A, enc_layers_B=a.enc_layers_B, enc_dim_B=a.enc_dim_B,
         pooling_function=a.pooling_function, pe_seed=a.seed,
     )
-    history = train(model_cfg, settings, pdata, a.outdir, data_cfg, _extra(a), a.load)
+    history = train(model_cfg, settings, pdata, a.outdir, data_cfg, _extra(a), a.load, ctx)
+    if not ctx.main:
+        return
     print(f"trained {len(history)} epochs on {pdata.n_particles} particles; final reconstruction loss {history[-1].recon:.6f}")
     print(f"latent means: {a.outdir / 'z.npy'} ({pdata.n_particles} x {a.zdim}); weights: {a.outdir / 'weights.pt'}; config: {a.outdir / 'config.json'}")
 
 
-def run_train_nn(a: argparse.Namespace) -> None:
-    """Run ``train_nn``."""
+def _train_nn(a: argparse.Namespace, ctx: "Context") -> None:
     from .models import ModelConfig
     from .training import train
 
-    settings, pdata, data_cfg = _prepare(a, 0, _resume_norm(a))
+    settings, pdata, data_cfg = _prepare(a, 0, ctx, _resume_norm(a))
     model_cfg = ModelConfig(box=pdata.data.box, zdim=0, dec_layers=a.dec_layers, dec_dim=a.dec_dim, pe_type=a.pe_type,
                             pe_dim=a.pe_dim, feat_sigma=a.feat_sigma, pe_seed=a.seed)
-    history = train(model_cfg, settings, pdata, a.outdir, data_cfg, _extra(a), a.load)
+    history = train(model_cfg, settings, pdata, a.outdir, data_cfg, _extra(a), a.load, ctx)
+    if not ctx.main:
+        return
     print(f"trained {len(history)} epochs on {pdata.n_particles} particles; final reconstruction loss {history[-1].recon:.6f}")
     print(f"volume: {a.outdir / 'reconstruct.mrc'}; weights: {a.outdir / 'weights.pt'}; config: {a.outdir / 'config.json'}")
 
@@ -298,7 +352,7 @@ def add_eval_images(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out-zlogvar", type=Path, help="output latent log-variances (.npy)")
     add_format_args(p)
     p.add_argument("--datadir", type=Path, help="second folder to look for image stacks in")
-    p.add_argument("--lazy", action="store_true", help="read images from disk as needed")
+    p.add_argument("--lazy", action="store_true", help="stream images from disk (default: in memory when they fit in half the free memory)")
     _add_selection_args(p)
     p.add_argument("-b", "--batch-size", type=int, default=64, help="particles encoded at once (default: 64)")
 
@@ -320,12 +374,13 @@ def run_eval_images(a: argparse.Namespace) -> None:
     # what the run was trained with, unless told otherwise
     for key in ("ctf_premultiplied", "dose_weighted"):
         fmt[key] = d.get(key) if fmt[key] is None else fmt[key]
-    data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=a.lazy, invert=d["invert"], window=d["window"],
+    data = TiltSeriesData(a.particles, datadir=a.datadir, lazy=True, invert=d["invert"], window=d["window"],
                           window_r=tuple(d["window_r"]), **fmt)
     if data.box != model.cfg.box:
         raise InputError(f"{a.particles}: images are {data.box} px, the model was trained on {model.cfg.box} px")
     sel = load_particle_selection(a.ind, a.first, data.n_particles)
-    pdata = ParticleTiltData(data, sel, ntilts=model.cfg.ntilts, norm=float(ckpt["norm"]), device=str(next(model.parameters()).device))
+    pdata = ParticleTiltData(data, sel, ntilts=model.cfg.ntilts, norm=float(ckpt["norm"]), device=str(next(model.parameters()).device),
+                             in_memory=False if a.lazy else None)
     ids = a.out_z.with_name(a.out_z.stem + "_particle_ids.txt")
     outs = [a.out_z, ids] + ([a.out_zlogvar] if a.out_zlogvar else [])
     if len({str(p.resolve()) for p in outs}) < len(outs):

@@ -90,9 +90,12 @@ class TiltSeriesData:
         -------
         Tensor, float32, shape (B, D, D)
         """
-        img = torch.from_numpy(self.images.get(rows))
+        return self.preprocess(torch.from_numpy(self.images.get(rows)))
+
+    def preprocess(self, img: Tensor) -> Tensor:
+        """Inversion and window of raw images (B, D, D), on the images' device."""
         if self.invert:
             img = -img
         if self.window is not None:
-            img = img * self.window
+            img = img * self.window.to(img.device, non_blocking=True)
         return img

@@ -260,10 +260,12 @@ class TiltSeriesEncoder(nn.Module):
         mu, logvar : Tensor, shape (B, zdim)
         """
         b, t, _ = x.shape
-        h = self.mlp_a(x.reshape(b * t, -1)).reshape(b, t, -1)
+        # explicit sizes: a data-parallel rank may hold no particle of a batch (b = 0)
+        h = self.mlp_a(x.reshape(b * t, x.shape[-1]))
+        h = h.reshape(b, t, h.shape[-1])
         pool = self.cfg.pooling_function
         if pool == "concatenate":
-            h = h.reshape(b, -1)
+            h = h.reshape(b, t * h.shape[-1])
         elif pool == "max":
             h = h.max(1).values
         elif pool == "mean":

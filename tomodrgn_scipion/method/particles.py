@@ -10,6 +10,7 @@ what the decoder is compared with (every tilt image of those particles).
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -48,6 +49,12 @@ class Batch:
     rot : Tensor, float32, shape (N, 3, 3)
     image_particle : Tensor, int64, shape (N,)
         Position (0..B-1) of each image's particle in the batch.
+    offset, group_size : int
+        Under data parallelism a batch is one rank's share of a group of ``group_size`` particles that
+        all ranks together take one optimiser step on; ``offset`` is the position of its first
+        particle in that group (0 and B on one rank).
+    group_images : int
+        Tilt images of the whole group.
     """
 
     particles: np.ndarray
@@ -57,10 +64,52 @@ class Batch:
     weight: Tensor
     rot: Tensor
     image_particle: Tensor
+    offset: int = 0
+    group_size: int = 0
+    group_images: int = 0
 
     @property
     def n_images(self) -> int:
         return self.values.shape[0]
+
+
+@dataclass
+class _HostPart:
+    """What a batch needs from the host, gathered off the training thread (see :meth:`ParticleTiltData.prepare`)."""
+
+    particles: np.ndarray
+    pos: np.ndarray
+    counts: np.ndarray
+    tilts: np.ndarray | None
+    images: Tensor | None
+    ctf: Tensor | None
+    att: Tensor | None
+    offset: int = 0
+    group_size: int = 0
+    group_images: int = 0
+
+
+#: Fraction of the free memory of the training device that the preprocessed images may take for
+#: ``--lazy`` auto to keep them in memory (the rest is for the network's activations and the system).
+MEMORY_FRACTION = 0.5
+
+
+def free_memory(device: torch.device) -> int:
+    """Free memory of a device in bytes: CUDA's free memory, or the host's ``MemAvailable``."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:.1f} GiB"
 
 
 class ParticleTiltData:
@@ -82,6 +131,12 @@ class ParticleTiltData:
         Where batches are delivered.
     seed : int
         Seed of the images sampled for the normalisation.
+    in_memory : bool or None
+        Keep every image's preprocessed transform, CTF and weights on ``device`` (True), or compute
+        them from the memory-mapped stacks for each batch (False, ``--lazy``). None (default) chooses:
+        in memory when they take at most :data:`MEMORY_FRACTION` of the device's free memory, and one
+        log line says which and why. Images the :class:`TiltSeriesData` already holds in memory are
+        never read twice.
 
     Attributes
     ----------
@@ -95,7 +150,7 @@ class ParticleTiltData:
 
     def __init__(self, data: TiltSeriesData, particles: np.ndarray | None = None, ntilts: int | None = None,
                  norm: float | None = None, dose_weight: bool = False, tilt_weight: bool = False,
-                 dose_mask: bool = False, device: str = "cpu", seed: int = 0):
+                 dose_mask: bool = False, device: str = "cpu", seed: int = 0, in_memory: bool | None = None):
         self.data = data
         self.device = torch.device(device)
         star = data.star
@@ -125,12 +180,32 @@ class ParticleTiltData:
         self.freqs_a = g.freqs2d[g.half] / data.pixel_size
         self.points = 2.0 * g.half_weight
         self.flags = (dose_weight, tilt_weight, dose_mask)
-        self.lazy = data.images.lazy
+        self.lazy = not self._choose_in_memory(in_memory)
         self.norm = float(norm) if norm is not None else self.estimate_norm(seed)
         self.rot = data.rotations(self.rows).to(self.device, torch.float32)
         self._values = self._ctf = self._weight = None
         if not self.lazy:
             self._values, self._ctf, self._weight = self._load_all()
+
+    @property
+    def bytes_per_image(self) -> int:
+        """Device memory of one image held in memory: its transform (complex64), CTF and any weights
+        (float32) on the half-plane frequencies."""
+        return len(self.half_coords) * (8 + 4 + (4 if any(self.flags) else 0))
+
+    def _choose_in_memory(self, wanted: bool | None) -> bool:
+        need = self.n_images * self.bytes_per_image
+        if wanted is not None:
+            log.info("%s (%s): %d tilt images, %s preprocessed", "images in memory" if wanted else "streaming images from disk",
+                     "--no-lazy" if wanted else "--lazy", self.n_images, _gib(need))
+            return wanted
+        free = free_memory(self.device)
+        fits = need <= MEMORY_FRACTION * free
+        log.info("%s: the %d tilt images take %s preprocessed, %s %.0f%% of the %s free on %s%s",
+                 "images in memory" if fits else "streaming images from disk (as --lazy)", self.n_images, _gib(need),
+                 "within" if fits else "more than", 100 * MEMORY_FRACTION, _gib(free), self.device,
+                 "" if fits else "; --no-lazy forces memory")
+        return fits
 
     @property
     def n_particles(self) -> int:
@@ -147,9 +222,19 @@ class ParticleTiltData:
 
     def transforms(self, rows: np.ndarray) -> Tensor:
         """Shifted half-plane transforms of star rows, not normalised; complex64, shape (n, H)."""
+        return self._transform_images(self._host_images(rows), rows)
+
+    def _host_images(self, rows: np.ndarray) -> Tensor:
+        """Raw images of star rows on the host, float32 (n, D, D); in pinned memory when batches go to
+        a GPU, so that the copy overlaps the computation."""
+        img = torch.from_numpy(self.data.images.get(rows))
+        return img.pin_memory() if self.device.type == "cuda" else img
+
+    def _transform_images(self, img: Tensor, rows: np.ndarray) -> Tensor:
+        """:meth:`transforms` of images already read: inversion, window, FFT and shift on the device."""
         g = self.geometry
-        img = self.data.real_images(rows).to(self.device)
-        f = shift_fourier(fft.fft2_center(img), self.data.shifts(rows).to(self.device))
+        img = self.data.preprocess(img.to(self.device, non_blocking=True))
+        f = shift_fourier(fft.fft2_center(img), self.data.shifts(rows).to(self.device, non_blocking=True))
         return g.from_grid(f)[:, g.half].to(torch.complex64)
 
     def estimate_norm(self, seed: int, n_sample: int = 1000) -> float:
@@ -164,13 +249,15 @@ class ParticleTiltData:
             raise InputError(f"{self.data.star.path}: images are empty or not finite; cannot normalise")
         return ms ** 0.5
 
-    def _ctf_weight(self, rows: np.ndarray) -> tuple[Tensor, Tensor | None]:
-        """CTF and, when any loss weight is asked for, dose/tilt attenuation of star rows, float32 (n, H)."""
+    def _ctf_weight(self, rows: np.ndarray, on_host: bool = False) -> tuple[Tensor, Tensor | None]:
+        """CTF and, when any loss weight is asked for, dose/tilt attenuation of star rows, float32 (n, H),
+        computed on the device or (``on_host``, in a batch worker) on the host."""
         imaging = self.data.imaging.subset(rows)
+        freqs = self.freqs_a.cpu() if on_host else self.freqs_a
         # what the images hold of the slice: the CTF, or -CTF^2 for premultiplied images, whose
         # sign is then also all the encoder's phase flip does
-        ctf = imaging.data_transfer(self.freqs_a).to(torch.float32)
-        att = imaging.attenuation(self.freqs_a, *self.flags).to(torch.float32) if any(self.flags) else None
+        ctf = imaging.data_transfer(freqs).to(torch.float32)
+        att = imaging.attenuation(freqs, *self.flags).to(torch.float32) if any(self.flags) else None
         return ctf, att
 
     def _load_all(self, chunk: int = 2048) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -205,36 +292,60 @@ class ParticleTiltData:
             Which of each particle's tilts (0 = lowest dose) the encoder sees, in this order
             (default: the ``ntilts`` lowest-dose ones, lowest first).
         """
+        return self.finish(self.prepare(particles, encoder_only, tilts))
+
+    def prepare(self, particles: np.ndarray, encoder_only: bool = False, tilts: np.ndarray | None = None) -> _HostPart:
+        """The host part of :meth:`batch`: image positions and, when streaming, the raw images read
+        from disk. Safe to run in background threads; :meth:`finish` does the device part."""
         particles = np.asarray(particles, dtype=np.int64)
         if encoder_only:
             counts = np.full(len(particles), self.ntilts)
             pos = (self.start[particles][:, None] + np.arange(self.ntilts)[None, :]).reshape(-1)
         else:
             counts = self.start[particles + 1] - self.start[particles]
-            pos = np.concatenate([np.arange(self.start[p], self.start[p + 1]) for p in particles])
-        image_particle = torch.as_tensor(np.repeat(np.arange(len(particles)), counts), device=self.device)
+            pos = np.concatenate([np.arange(self.start[p], self.start[p + 1]) for p in particles] or [np.zeros(0, np.int64)])
+        images = ctf = att = None
+        if self._values is None:
+            rows = self.rows[pos]
+            images = self._host_images(rows)
+            # the CTF from a few numbers per image, here in the worker: the training thread then only
+            # issues copies that do not wait for the device
+            ctf, att = (self._pinned(t) for t in self._ctf_weight(rows, on_host=True))
+        return _HostPart(particles, pos.astype(np.int64), counts, tilts, images, ctf, att, 0, len(particles),
+                         int(counts.sum()))
+
+    def _pinned(self, t: Tensor | None) -> Tensor | None:
+        return t.pin_memory() if t is not None and self.device.type == "cuda" else t
+
+    def finish(self, h: _HostPart) -> Batch:
+        """The device part of :meth:`batch` (run on the training thread)."""
+        pos, counts = h.pos, h.counts
+        dev = self.device
+        image_particle = torch.from_numpy(np.repeat(np.arange(len(h.particles)), counts)).to(dev, non_blocking=True)
+        index = torch.from_numpy(pos).to(dev, non_blocking=True)
         if self._values is not None:
-            index = torch.as_tensor(pos, device=self.device)
             values, ctf = self._values[index], self._ctf[index]
             att = None if self._weight is None else self._weight[index]
         else:
-            values = self.transforms(self.rows[pos]) / self.norm
-            ctf, att = self._ctf_weight(self.rows[pos])
+            values = self._transform_images(h.images, self.rows[pos]) / self.norm
+            ctf = h.ctf.to(dev, non_blocking=True)
+            att = None if h.att is None else h.att.to(dev, non_blocking=True)
         weight = self.points[None, :].expand(len(pos), -1)
         if att is not None:
             weight = weight * att
         enc = None
         if self.ntilts > 0:
             # the encoder's tilts are the first ntilts of each particle (rows are sorted by dose)
-            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            chosen = np.arange(self.ntilts)[None, :] if tilts is None else tilts
-            first = torch.as_tensor((offsets[:, None] + chosen).reshape(-1), device=self.device)
+            offsets = np.cumsum(counts) - counts
+            chosen = np.arange(self.ntilts)[None, :] if h.tilts is None else h.tilts
+            first = torch.from_numpy((offsets[:, None] + chosen).reshape(-1).astype(np.int64)).to(dev, non_blocking=True)
             flipped = values[first] * torch.sign(ctf[first])
-            enc = torch.view_as_real(flipped).permute(0, 2, 1).reshape(len(particles), self.ntilts, -1)
+            enc = torch.view_as_real(flipped).permute(0, 2, 1).reshape(len(h.particles), self.ntilts, self.enc_in_dim)
             # each tilt scaled to unit RMS: particle-to-particle differences in image power (ice,
             # noise level) would otherwise be the easiest thing for z to encode
             enc = enc / enc.square().mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
-        return Batch(particles, enc, values, ctf, weight.contiguous(), self.rot[torch.as_tensor(pos, device=self.device)], image_particle)
+        return Batch(h.particles, enc, values, ctf, weight.contiguous(), self.rot[index], image_particle,
+                     h.offset, h.group_size, h.group_images)
 
     def random_tilts(self, particles: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A random choice of ``ntilts`` of each particle's tilts in random order, shape (B, ntilts)."""
@@ -242,22 +353,39 @@ class ParticleTiltData:
         return np.stack([rng.permutation(c)[:self.ntilts] for c in counts])
 
     def batches(self, order: np.ndarray, batch_size: int, num_workers: int = 0,
-                rng: np.random.Generator | None = None) -> Iterator[Batch]:
+                rng: np.random.Generator | None = None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Batches of particles in the given order.
 
         With ``rng`` the encoder sees a random choice of tilts in random order (see
-        :meth:`random_tilts`); with ``num_workers > 0`` the next batches are prepared in background
-        threads while the current one is used.
+        :meth:`random_tilts`); with ``num_workers > 0`` background threads read the next batches'
+        images while the current one is used (reading memory maps releases the GIL, so threads
+        suffice). With ``world > 1`` each group of ``batch_size`` particles is split into ``world``
+        contiguous shares and this rank gets share ``rank`` (possibly empty): all ranks together see
+        every particle once, and the random choices do not depend on the number of ranks.
         """
         groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-        # drawn here, in order, so that the result does not depend on the worker threads
+        # drawn here, in order, for whole groups, so that the result depends neither on the worker
+        # threads nor on the number of ranks
         choices = [self.random_tilts(g, rng) if rng is not None and self.ntilts > 0 else None for g in groups]
-        make = lambda item: self.batch(item[0], tilts=item[1])  # noqa: E731
+
+        def make(item: tuple[np.ndarray, np.ndarray | None]) -> _HostPart:
+            g, c = item
+            lo, hi = _share(len(g), rank, world)
+            h = self.prepare(g[lo:hi], tilts=None if c is None else c[lo:hi])
+            h.offset, h.group_size = lo, len(g)
+            h.group_images = int((self.start[g + 1] - self.start[g]).sum())
+            return h
+
         if num_workers <= 0:
-            yield from (make(item) for item in zip(groups, choices))
+            yield from (self.finish(make(item)) for item in zip(groups, choices))
             return
         with ThreadPoolExecutor(num_workers) as pool:
-            yield from _prefetch(pool, zip(groups, choices), make, 2 * num_workers)
+            yield from (self.finish(h) for h in _prefetch(pool, zip(groups, choices), make, 2 * num_workers))
+
+
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Bounds of rank ``rank``'s contiguous share of ``n`` items split over ``world`` ranks."""
+    return n * rank // world, n * (rank + 1) // world
 
 
 def _prefetch(pool: ThreadPoolExecutor, items: Iterable, fn, depth: int) -> Iterator:

@@ -10,13 +10,13 @@ whose mode does not match the data), and an image with a NaN or infinite pixel.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import mrcfile
-import mrcfile.mrcmemmap
 import numpy as np
 import pandas as pd
 
@@ -75,12 +75,17 @@ class ImageSource:
         first_row = np.full(len(uniques), len(names))
         np.minimum.at(first_row, codes, np.arange(len(names)))
         self.paths: list[Path] = []
+        self._layout: list[tuple[int, str, int]] = []
         counts = []
-        self._open_maps: OrderedDict[int, mrcfile.mrcmemmap.MrcMemmap] = OrderedDict()
+        # one cache of open maps per thread: batch workers read in parallel, and a map one thread
+        # closes must not be one another thread is reading
+        self._local = threading.local()
+        self._caches: list[OrderedDict[int, np.memmap]] = []
+        self._caches_lock = threading.Lock()
         box_from: tuple[int, Path] | None = None
         for s, r in enumerate(uniques):
             path = self._resolve(str(r), int(first_row[s]))
-            count, *shape = self._header_shape(path)
+            count, *shape, offset, dtype = self._header(path)
             if shape[0] != shape[1]:
                 raise InputError(f"{path}: images are {shape[1]} x {shape[0]} pixels; boxes must be square")
             if shape[0] % 2:
@@ -91,6 +96,7 @@ class ImageSource:
                 raise InputError(f"{path}: box of {shape[0]} pixels differs from {box_from[0]} in {box_from[1]}; all stacks must share one box size")
             self.paths.append(path)
             counts.append(count)
+            self._layout.append((offset, dtype, count))
         protect_inputs(*self.paths)
         beyond = (self.index < 0) | (self.index >= np.asarray(counts, dtype=np.int64)[self.stack_of])
         if beyond.any():
@@ -124,23 +130,44 @@ class ImageSource:
         hint = "" if self.datadir is not None else "; pass --datadir if the stacks are elsewhere"
         raise InputError(f"{self.star_path}: row {row + 1}: image file {rel} not found (looked for {where}){hint}")
 
+    #: numpy type of each MRC mode, little-endian.
+    DTYPES = {0: "i1", 1: "<i2", 2: "<f4", 6: "<u2", 12: "<f2"}
+
     @classmethod
-    def _header_shape(cls, path: Path) -> tuple[int, int, int]:
-        """(number of images, ny, nx) from the MRC header, checked against the mode and the file size."""
+    def _header(cls, path: Path) -> tuple[int, int, int, int, str]:
+        """(number of images, ny, nx, data offset in bytes, numpy dtype) from the MRC header, checked
+        against the mode and the file size.
+
+        The 1024 header bytes are read directly (RELION, Warp and mrcfile write standard MRC2014
+        headers; this is ~10x faster than opening with mrcfile, which matters at 10^5 stacks); a header
+        whose machine stamp is not a standard one is read by mrcfile in permissive mode.
+        """
         try:
-            with warnings.catch_warnings():
-                # Many EM programs write headers that mrcfile only accepts in permissive mode.
-                warnings.simplefilter("ignore", RuntimeWarning)
-                with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                    h = mrc.header
-                    nz, ny, nx, mode, ext = int(h.nz), int(h.ny), int(h.nx), int(h.mode), int(h.nsymbt)
-        except Exception as exc:
-            raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+            with open(path, "rb") as fh:
+                raw = fh.read(1024)
+        except OSError as exc:
+            raise InputError(f"{path}: not a readable MRC file ({exc.strerror or exc})") from None
+        stamp = raw[212:214] if len(raw) == 1024 else b""
+        order = "<" if stamp in (b"\x44\x44", b"\x44\x41") else ">" if stamp == b"\x11\x11" else None
+        if order is not None:
+            nx, ny, nz, mode = (int(v) for v in np.frombuffer(raw, order + "i4", 4))
+            ext = int(np.frombuffer(raw, order + "i4", 1, 92)[0])
+        else:
+            try:
+                with warnings.catch_warnings():
+                    # Many EM programs write headers that mrcfile only accepts in permissive mode.
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+                        h = mrc.header
+                        nz, ny, nx, mode, ext = int(h.nz), int(h.ny), int(h.nx), int(h.mode), int(h.nsymbt)
+                        order = "<" if mrc.header.mode.dtype.byteorder in ("<", "=", "|") else ">"
+            except Exception as exc:
+                raise InputError(f"{path}: not a readable MRC file ({exc})") from None
         if mode not in cls.MODES:
             name = cls.MODE_NAMES.get(mode, "unknown")
             raise InputError(f"{path}: MRC mode {mode} ({name}) is not an image mode read here "
                              f"(float32, float16, int8, int16, uint16)")
-        if min(nx, ny, nz) < 1:
+        if min(nx, ny, nz) < 1 or ext < 0:
             raise InputError(f"{path}: the header says {nz} images of {nx} x {ny} pixels; an empty stack")
         expected = 1024 + ext + nx * ny * nz * cls.MODES[mode]
         size = path.stat().st_size
@@ -150,23 +177,37 @@ class ImageSource:
         if size > expected:
             raise InputError(f"{path}: {size} bytes, more than the {expected} its header ({nz} images of {nx} x {ny}, "
                              f"{cls.MODE_NAMES[mode]}) describes; the mode or size in the header does not match the data")
-        return nz, ny, nx
+        return nz, ny, nx, 1024 + ext, order + cls.DTYPES[mode][1:] if mode else "i1"
+
+    @classmethod
+    def _header_shape(cls, path: Path) -> tuple[int, int, int]:
+        """(number of images, ny, nx) of an MRC stack (see :meth:`_header`)."""
+        return cls._header(path)[:3]
+
+    def _open_maps(self) -> "OrderedDict[int, np.memmap]":
+        """This thread's open memory maps, least recently used first."""
+        cache = getattr(self._local, "maps", None)
+        if cache is None:
+            cache = self._local.maps = OrderedDict()
+            with self._caches_lock:
+                self._caches.append(cache)
+        return cache
 
     def _stack(self, s: int) -> np.ndarray:
-        """Memory map of stack ``s``, shape (n, D, D); at most MAX_OPEN files stay open (one stack
-        per particle is common, and file handles are limited)."""
-        if s in self._open_maps:
-            self._open_maps.move_to_end(s)
+        """Memory map of stack ``s``, shape (n, D, D); at most MAX_OPEN files per reading thread stay
+        open (one stack per particle is common, and file handles are limited)."""
+        maps = self._open_maps()
+        if s in maps:
+            maps.move_to_end(s)
         else:
-            if len(self._open_maps) >= self.MAX_OPEN:
-                self._open_maps.popitem(last=False)[1].close()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                self._open_maps[s] = mrcfile.mmap(self.paths[s], mode="r", permissive=True)
-        data = self._open_maps[s].data
-        if data is None:
-            raise InputError(f"{self.paths[s]}: not a readable MRC file (no data)")
-        return data.reshape(-1, self.box, self.box)
+            if len(maps) >= self.MAX_OPEN:
+                maps.popitem(last=False)  # the map (and its file handle) goes with its last reference
+            offset, dtype, count = self._layout[s]
+            try:
+                maps[s] = np.memmap(self.paths[s], dtype=dtype, mode="r", offset=offset, shape=(count, self.box, self.box))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{self.paths[s]}: not a readable MRC file ({exc})") from None
+        return maps[s]
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.box, self.box), dtype=np.float32)
@@ -185,9 +226,11 @@ class ImageSource:
         return out
 
     def close(self) -> None:
-        """Close the open memory maps (they reopen on demand)."""
-        while self._open_maps:
-            self._open_maps.popitem()[1].close()
+        """Close the open memory maps of every thread (they reopen on demand); call it when no read is
+        in flight."""
+        with self._caches_lock:
+            for cache in self._caches:
+                cache.clear()
 
     def get(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Images of the given rows.

@@ -30,7 +30,9 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
+from .distributed import Context, all_sum, gather_rows
 from .errors import InputError, TrainingError
 from .models import ModelConfig, TomoModel, render_volume
 from .outputs import atomic_write, write_text
@@ -110,6 +112,7 @@ class TrainSettings:
     num_workers: int = 0
     tilt_sampling: str = "lowest-dose"
     lr_schedule: str = "constant"
+    max_steps: int = 0
 
     def check(self) -> None:
         """Raise :class:`InputError` for settings that cannot work."""
@@ -127,6 +130,8 @@ class TrainSettings:
             raise InputError(f"--lr-schedule {self.lr_schedule}: expected constant or cosine")
         if self.checkpoint < 0:
             raise InputError(f"--checkpoint {self.checkpoint}: must be >= 0")
+        if self.max_steps < 0:
+            raise InputError(f"--max-steps {self.max_steps}: must be >= 0")
 
 
 # ------------------------------------------------------------------------------------ the model
@@ -138,8 +143,8 @@ def amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractConte
     return torch.autocast("cuda", dtype=dtype)
 
 
-def reconstruction_loss(model: TomoModel, data: ParticleTiltData, b: Batch, z: Tensor | None) -> tuple[Tensor, Tensor]:
-    """``recon`` of the module docstring and the number of full-plane points per particle.
+def weighted_error(model: TomoModel, data: ParticleTiltData, b: Batch, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``sum_ik w_ik |C_ik D(k A_i, z) - Y_ik|^2`` of a batch and its ``sum_ik n_k`` (see the module docstring).
 
     Every half-plane frequency of every image is decoded (points outside the dose mask have weight
     0), so the slices stay a regular (N, H) array.
@@ -147,12 +152,40 @@ def reconstruction_loss(model: TomoModel, data: ParticleTiltData, b: Batch, z: T
     coords = data.half_coords.to(b.rot.device) @ b.rot  # (N, H, 3): k A for each image
     pred = model.decoder(coords, None if z is None else z[b.image_particle]).float()
     err = (pred * b.ctf[..., None] - torch.view_as_real(b.values)).square().sum(-1)
-    points = data.points.to(b.weight.device)
-    if data.flags[2]:
-        total_points = ((b.weight > 0) * points).sum()
-    else:
-        total_points = points.sum() * b.n_images
-    return (b.weight * err).sum() / total_points, total_points / len(b.particles)
+    return (b.weight * err).sum(), _total_points(data, b)
+
+
+def reconstruction_loss(model: TomoModel, data: ParticleTiltData, b: Batch, z: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``recon`` of the module docstring and the number of full-plane points per particle."""
+    err, total_points = weighted_error(model, data, b, z)
+    return err / total_points, total_points / len(b.particles)
+
+
+class StepLoss(nn.Module):
+    """The loss of one rank's share of a batch, as a module (what DistributedDataParallel wraps).
+
+    ``forward`` returns ``world x (sum_err + beta x sum_KL) / total_points``, where ``total_points`` is
+    the number of full-plane points of the whole batch over all ranks: the gradients DDP averages over
+    the ranks are then those of the loss of the whole batch on one process.
+    """
+
+    def __init__(self, model: TomoModel, data: ParticleTiltData, world: int):
+        super().__init__()
+        self.model = model
+        self.data = data
+        self.world = world
+
+    def forward(self, b: Batch, eps: Tensor | None, beta: float, total_points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns the loss to differentiate, the weighted error sum and the KL sum of this share."""
+        model = self.model
+        if model.encoder is not None:
+            mu, logvar = model.encoder(b.enc_input)
+            z = model.reparameterize(mu.float(), logvar.float(), eps)
+            kl = kl_divergence(mu.float(), logvar.float()).sum()
+        else:
+            z, kl = None, torch.zeros((), device=b.values.device)
+        err, _ = weighted_error(model, self.data, b, z)
+        return self.world * (err + beta * kl) / total_points, err, kl
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
@@ -161,26 +194,34 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64,
+            ctx: Context | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean and log-variance of q(z) of every particle, deterministically (the ``ntilts``
     lowest-dose tilts of each).
+
+    With several ranks each encodes a contiguous share of the particles and rank 0 gathers them in
+    particle order (the other ranks get None).
 
     Returns
     -------
     mu, logvar : numpy.ndarray, float32, shape (P, zdim)
     """
+    ctx = ctx or Context(device=data.device)
     was_training = model.training
     model.eval()
-    mus, logvars = [], []
-    order = np.arange(data.n_particles)
-    groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    for g in groups:
-        b = data.batch(g, encoder_only=True)
-        mu, logvar = model.encoder(b.enc_input)
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
+    p = data.n_particles
+    lo, hi = p * ctx.rank // ctx.world, p * (ctx.rank + 1) // ctx.world
+    order = np.arange(lo, hi)
+    out = [np.zeros((0, model.cfg.zdim), np.float32)] * 2
+    parts: list[list[Tensor]] = [[], []]
+    for s in range(0, len(order), batch_size):
+        b = data.batch(order[s:s + batch_size], encoder_only=True)
+        for k, t in enumerate(model.encoder(b.enc_input)):
+            parts[k].append(t.float().cpu())
     model.train(was_training)
-    return torch.cat(mus).numpy(), torch.cat(logvars).numpy()
+    out = [torch.cat(t).numpy() if t else o for t, o in zip(parts, out)]
+    mu, logvar = (gather_rows(ctx, o, p) for o in out)
+    return None if mu is None else (mu, logvar)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -304,7 +345,8 @@ def read_config(path: str | os.PathLike) -> dict:
 
 
 def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: str | os.PathLike,
-          data_cfg: dict, extra: dict | None = None, load: str | None = None) -> list[EpochStats]:
+          data_cfg: dict, extra: dict | None = None, load: str | None = None,
+          ctx: Context | None = None) -> list[EpochStats]:
     """Train a model and write its outputs into ``outdir``.
 
     Writes ``config.json``, ``run.log`` (appended), ``loss.csv``, ``particle_ids.txt``; every
@@ -324,6 +366,10 @@ def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDat
         More entries for ``config.json`` (command line, version).
     load : str, optional
         ``latest`` or a checkpoint path to resume from.
+    ctx : Context, optional
+        This process's rank in a data-parallel run (see :mod:`.distributed`); rank 0 alone writes
+        files and logs. ``settings.batch_size`` is the batch of all ranks together, so the result
+        does not depend on the number of ranks.
 
     Returns
     -------
@@ -332,8 +378,11 @@ def train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDat
     """
     settings.check()
     outdir = Path(outdir)
+    ctx = ctx or Context(device=data.device)
+    if not ctx.main:
+        return _train(model_cfg, settings, data, outdir, data_cfg, extra or {}, load, ctx)
     with training_lock(outdir):
-        return _train_locked(model_cfg, settings, data, outdir, data_cfg, extra, load)
+        return _train_locked(model_cfg, settings, data, outdir, data_cfg, extra, load, ctx)
 
 
 @contextlib.contextmanager
@@ -373,10 +422,9 @@ def training_lock(outdir: Path):
 
 
 def _train_locked(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path,
-                  data_cfg: dict, extra: dict | None, load: str | None) -> list[EpochStats]:
+                  data_cfg: dict, extra: dict | None, load: str | None, ctx: Context) -> list[EpochStats]:
     from .outputs import check_outputs
 
-    device = data.device
     vae = model_cfg.zdim > 0
     epochs = range(1, settings.num_epochs + 1)
     check_outputs([outdir / n for n in ("config.json", "particle_ids.txt", "loss.csv", "run.log")]
@@ -390,15 +438,30 @@ def _train_locked(model_cfg: ModelConfig, settings: TrainSettings, data: Particl
     root.setLevel(min(root.getEffectiveLevel(), logging.INFO))
     root.addHandler(handler)
     try:
-        return _train(model_cfg, settings, data, outdir, data_cfg, extra or {}, load, device, vae)
+        return _train(model_cfg, settings, data, outdir, data_cfg, extra or {}, load, ctx)
     finally:
         root.removeHandler(handler)
         root.setLevel(level)
         handler.close()
 
 
+def _seconds_since_start() -> float:
+    """Seconds since this process started (the command's start, for the time to the first step)."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except Exception:  # psutil absent or /proc unreadable: count from this module's import
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
 def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path, data_cfg: dict,
-           extra: dict, load: str | None, device: torch.device, vae: bool) -> list[EpochStats]:
+           extra: dict, load: str | None, ctx: Context) -> list[EpochStats]:
+    device, vae, main = data.device, model_cfg.zdim > 0, ctx.main
+    log.info("%s", ctx.describe())
     torch.manual_seed(settings.seed)
     model = model_cfg.build().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
@@ -423,54 +486,62 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
         log.info("resuming from %s after epoch %d", path, start_epoch)
         if start_epoch == settings.num_epochs and _final_files_missing(outdir, start_epoch, vae):
             # killed between the last checkpoint and the final files: write what is missing
-            _checkpoint(model, optim, scaler, start_epoch, data, outdir, settings, final=True, only_missing=True)
+            _checkpoint(model, optim, scaler, start_epoch, data, outdir, settings, ctx, final=True, only_missing=True)
             log.info("finished the final files of epoch %d", start_epoch)
             return history
         if start_epoch >= settings.num_epochs:
             raise InputError(f"{path}: already trained {start_epoch} epochs; ask for more with -n/--num-epochs")
 
-    write_config(outdir / "config.json", model_cfg, settings, data_cfg, extra)
-    write_text(outdir / "particle_ids.txt", "\n".join(data.particle_ids) + "\n")
+    if main:
+        write_config(outdir / "config.json", model_cfg, settings, data_cfg, extra)
+        write_text(outdir / "particle_ids.txt", "\n".join(data.particle_ids) + "\n")
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("%s: %d particles, %d tilt images, box %d, %d parameters, device %s%s",
-             "train_vae" if vae else "train_nn", data.n_particles, data.n_images, model_cfg.box, n_params, device,
-             ", AMP" if use_amp else "")
+    log.info("%s: %d particles, %d tilt images, box %d, %d parameters, batch %d%s%s, device %s%s",
+             "train_vae" if vae else "train_nn", data.n_particles, data.n_images, model_cfg.box, n_params,
+             settings.batch_size, f" ({ctx.world} ranks)" if ctx.distributed else "",
+             ", streamed from disk" if data.lazy else ", in memory", device, ", AMP" if use_amp else "")
     if data.n_dropped:
         log.info("%d particles with fewer than %d tilt images were dropped (--ntilts)", data.n_dropped, data.ntilts)
+    step_loss = StepLoss(model, data, ctx.world)
+    net: nn.Module = step_loss
+    if ctx.distributed:
+        # every rank builds the same initial weights from the seed; DDP checks and broadcasts them
+        net = nn.parallel.DistributedDataParallel(step_loss, device_ids=None)
     epochs_left = settings.num_epochs - start_epoch
     t_run = time.monotonic()
     last_good = start_epoch or None
+    steps = images = 0
+    train_seconds = 0.0
+    first_step: float | None = None
     for epoch in range(start_epoch, settings.num_epochs):
         t0 = time.monotonic()
         model.train()
         rng = np.random.default_rng([settings.seed, epoch])
         order = rng.permutation(data.n_particles)
         noise = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
-        sums = np.zeros(3)
+        # sums over the epoch, kept on the device: reading a loss back every step would stall the GPU
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
         n_batches = math.ceil(data.n_particles / settings.batch_size)
         prog = Progress(data.n_images, f"epoch {epoch + 1}", "images", log, every=30.0, final=False)
+        seen = epoch_images = 0
+        stop = False
+        checked = 0
         for i, b in enumerate(data.batches(order, settings.batch_size, settings.num_workers,
-                                               rng if settings.tilt_sampling == "random" else None)):
+                                           rng if settings.tilt_sampling == "random" else None, ctx.rank, ctx.world)):
             beta = beta_of(epoch + i / n_batches)
             lr = learning_rate(settings, epoch + i / n_batches)
             for group in optim.param_groups:
                 group["lr"] = lr
             optim.zero_grad(set_to_none=True)
+            eps = None
+            if vae:
+                # drawn for the whole batch, so that the draw does not depend on the number of ranks
+                eps = torch.randn((b.group_size, model_cfg.zdim), generator=noise)[b.offset:b.offset + len(b.particles)]
+                eps = eps.to(device, non_blocking=True)
+            total = _total_points(data, b)
+            all_sum(ctx, total)
             with amp_context(device, use_amp):
-                if vae:
-                    mu, logvar = model.encoder(b.enc_input)
-                    eps = torch.randn(mu.shape, generator=noise).to(device)
-                    z = model.reparameterize(mu.float(), logvar.float(), eps)
-                    recon, points = reconstruction_loss(model, data, b, z)
-                    kl = kl_divergence(mu.float(), logvar.float()).mean()
-                else:
-                    recon, points = reconstruction_loss(model, data, b, None)
-                    kl = torch.zeros((), device=device)
-                loss = recon + beta * kl / points
-            if not torch.isfinite(loss):
-                where = outdir / f"weights.{last_good}.pt" if last_good else "none yet"
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1}; training stopped "
-                                    f"(last good checkpoint: {where}); lower --lr or check the input images")
+                loss, err, kl = net(b, eps, beta, total)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optim)
@@ -478,25 +549,68 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
             else:
                 loss.backward()
                 optim.step()
-            nb = len(b.particles)
-            sums += nb * np.array([recon.item(), kl.item(), loss.item()])
-            prog.update(b.n_images)
+            nb = b.group_size
+            sums += torch.stack([nb * err.detach() / total, kl.detach(), nb * loss.detach() / ctx.world]).to(torch.float64)
+            seen += nb
+            epoch_images += b.group_images
+            steps += 1
+            if first_step is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first_step = _seconds_since_start()
+                log.info("first step after %.1f s", first_step)
+            prog.update(b.group_images)
+            stop = bool(settings.max_steps) and steps >= settings.max_steps
+            if (i + 1) % 50 == 0 or stop:
+                _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
+                checked = i + 1
+        _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
+        all_sum(ctx, sums)
         seconds = time.monotonic() - t0
-        stats = EpochStats(epoch + 1, *(sums[:2] / data.n_particles), beta_of(epoch + 1), sums[2] / data.n_particles,
-                           seconds, data.n_images / seconds)
+        train_seconds += seconds
+        images += epoch_images
+        mean = (sums / max(seen, 1)).tolist()
+        stats = EpochStats(epoch + 1, mean[0], mean[1], beta_of(epoch + 1), mean[2], seconds, epoch_images / seconds)
         history.append(stats)
         done = epoch + 1 - start_epoch
         eta = (time.monotonic() - t_run) / done * (epochs_left - done)
         kl_text = f"  KL {stats.kl:.4f}  total {stats.total:.6f}" if vae else ""
         log.info("epoch %d/%d  recon %.6f%s  %.1f s  %.0f images/s  ETA %s", stats.epoch, settings.num_epochs,
                  stats.recon, kl_text, seconds, stats.images_per_s, _hms(eta))
-        _write_history(outdir / "loss.csv", history)
-        final = epoch + 1 == settings.num_epochs
+        if stop:
+            log.info("stopped after %d steps (--max-steps), %d of %d particles of epoch %d", steps, seen,
+                     data.n_particles, epoch + 1)
+        if main:
+            _write_history(outdir / "loss.csv", history)
+        final = epoch + 1 == settings.num_epochs or stop
         if (settings.checkpoint and (epoch + 1) % settings.checkpoint == 0) or final:
-            _checkpoint(model, optim, scaler, epoch + 1, data, outdir, settings, final)
+            _checkpoint(model, optim, scaler, epoch + 1, data, outdir, settings, ctx, final)
             last_good = epoch + 1
-    log.info("finished %d epochs in %s", epochs_left, _hms(time.monotonic() - t_run))
+        if stop:
+            break
+    log.info("finished %d epochs in %s", len(history) - start_epoch if history else 0, _hms(time.monotonic() - t_run))
+    log.info("throughput %.0f images/s over %d steps, first step after %.1f s", images / max(train_seconds, 1e-9),
+             steps, first_step or 0.0)
+    if device.type == "cuda":
+        log.info("peak device memory %.0f MiB", torch.cuda.max_memory_allocated(device) / 2 ** 20)
     return history
+
+
+def _total_points(data: ParticleTiltData, b: Batch) -> Tensor:
+    """Full-plane points of this rank's share of a batch (the loss's denominator, summed over ranks)."""
+    points = data.points.to(b.weight.device)
+    if data.flags[2]:
+        return ((b.weight > 0) * points).sum().to(torch.float32)
+    return (points.sum() * b.n_images).to(torch.float32)
+
+
+def _check_finite(ctx: Context, sums: Tensor, epoch: int, first: int, last: int, outdir: Path, last_good: int | None) -> None:
+    """Stop training once the loss is NaN or infinite (checked every few batches: each check waits for the device)."""
+    bad = torch.logical_not(torch.isfinite(sums)).any().to(torch.float32).reshape(1)
+    if float(all_sum(ctx, bad).item()) > 0:
+        where = outdir / f"weights.{last_good}.pt" if last_good else "none yet"
+        raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, between batch {first + 1} and {last + 1}; "
+                            f"training stopped (last good checkpoint: {where}); lower --lr or check the input images")
 
 
 def _output_names(epoch: int, vae: bool, final: bool) -> list[str]:
@@ -524,23 +638,28 @@ def _check_same_particles(outdir: Path, data: ParticleTiltData) -> None:
 
 
 def _checkpoint(model: TomoModel, optim: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, epoch: int,
-                data: ParticleTiltData, outdir: Path, settings: TrainSettings, final: bool,
+                data: ParticleTiltData, outdir: Path, settings: TrainSettings, ctx: Context, final: bool,
                 only_missing: bool = False) -> None:
+    """Write a checkpoint's files (rank 0; every rank encodes its share of the particles for z)."""
+    vae = model.cfg.zdim > 0
+    names = _output_names(epoch, vae, final)
+    todo = [n for n in names if not (only_missing and (outdir / n).is_file())]
+    arrays: dict[str, np.ndarray] = {}
+    if vae and any(n.endswith(".npy") for n in todo):
+        z = infer_z(model, data, max(settings.batch_size, 64), ctx)
+        if z is not None:
+            arrays = {"z": z[0], "z_logvar": z[1]}
+    if not ctx.main:
+        return
+    if not vae and any(n.endswith(".mrc") for n in todo):
+        model.eval()
+        arrays = {"reconstruct": render_volume(model.decoder, None, model.cfg.box).cpu().numpy()}
+        model.train()
     state = {
         "epoch": epoch, "model": model.state_dict(), "optimizer": optim.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "model_config": model.cfg.to_dict(), "norm": data.norm,
     }
-    names = _output_names(epoch, model.cfg.zdim > 0, final)
-    todo = [n for n in names if not (only_missing and (outdir / n).is_file())]
-    arrays: dict[str, np.ndarray] = {}
-    if any(not n.endswith(".pt") for n in todo):
-        if model.cfg.zdim > 0:
-            mu, logvar = infer_z(model, data, max(settings.batch_size, 64))
-            arrays = {"z": mu, "z_logvar": logvar}
-        else:
-            model.eval()
-            arrays = {"reconstruct": render_volume(model.decoder, None, model.cfg.box).cpu().numpy()}
     for name in todo:
         path = outdir / name
         if name.endswith(".pt"):

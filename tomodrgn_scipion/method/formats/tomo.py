@@ -35,10 +35,8 @@ images, protein-light (contrast inverted), so they are read with the default con
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
-import mrcfile
 import numpy as np
 import pandas as pd
 import torch
@@ -270,14 +268,10 @@ def _visible(text: pd.Series, where: str) -> list[np.ndarray]:
 
 
 def _stack_slices(path: Path) -> int:
-    """Number of images in an MRC stack, from its header."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
-                return int(mrc.header.nz)
-    except Exception as exc:
-        raise InputError(f"{path}: not a readable MRC file ({exc})") from None
+    """Number of images in an MRC stack, from its header (checked against the file size)."""
+    from ..stacks import ImageSource
+
+    return ImageSource._header_shape(path)[0]
 
 
 def read_particle_series(star: StarFile, kind: str, tomograms: str | os.PathLike | None) -> SeriesSource:

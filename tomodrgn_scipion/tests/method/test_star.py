@@ -127,6 +127,6 @@ def test_one_stack_per_particle_with_few_open_files(tmp_path, sim_high_snr, monk
     lazy = TiltSeriesData(tmp_path / "per_particle.star", window=False, invert=False, lazy=True)
     rows = np.arange(0, lazy.n_images, 7)
     got = lazy.real_images(rows).numpy()
-    assert len(lazy.images._open_maps) <= 3
+    assert len(lazy.images._open_maps()) <= 3
     expected = ref.real_images(np.concatenate(ref.star.rows_of_particle)[rows]).numpy()
     np.testing.assert_array_equal(got, expected)
