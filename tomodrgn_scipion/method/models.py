@@ -86,8 +86,14 @@ class PositionalEncoding(nn.Module):
             return coords
         # phases reach tens of radians: keep them in float32 even under mixed precision
         with torch.autocast(coords.device.type, enabled=False):
-            x = coords.float() @ self.proj.float()
-            return torch.cat([torch.sin(x), torch.cos(x)], -1)
+            # sin and cos in one kernel, cos x = sin(x + pi/2): one matmul with the phases added, one
+            # sine, no concatenation (the encoding is memory-bound on a GPU)
+            proj = self.proj.float()
+            n = proj.shape[1]
+            phase = torch.cat([torch.zeros(n, device=proj.device), torch.full((n,), math.pi / 2, device=proj.device)])
+            flat = coords.reshape(-1, 3).float()
+            x = torch.addmm(phase, flat, torch.cat([proj, proj], 1))
+            return torch.sin(x).reshape(*coords.shape[:-1], 2 * n)
 
 
 class ResidLinear(nn.Module):
@@ -160,6 +166,13 @@ class ModelConfig:
         if unknown:
             raise InputError(f"model configuration has unknown keys: {', '.join(sorted(unknown))}")
         return cls(**d)
+
+    def decoder_flops_per_point(self) -> float:
+        """Floating-point operations of one decoder evaluation (one Fourier point), forward only: the
+        multiply-adds of the MLP's layers (the latent part of the first layer is computed once per
+        image and left out)."""
+        pe_out = 3 if self.pe_type == "none" else 6 * self.pe_dim
+        return 2.0 * (pe_out * self.dec_dim + self.dec_layers * self.dec_dim ** 2 + 2 * self.dec_dim)
 
     def build(self) -> "TomoModel":
         """A freshly initialised model (seed torch first for reproducible weights)."""

@@ -589,8 +589,11 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
         if stop:
             break
     log.info("finished %d epochs in %s", len(history) - start_epoch if history else 0, _hms(time.monotonic() - t_run))
-    log.info("throughput %.0f images/s over %d steps, first step after %.1f s", images / max(train_seconds, 1e-9),
-             steps, first_step or 0.0)
+    rate = images / max(train_seconds, 1e-9)
+    # forward and backward of the decoder at every half-plane point of every image: about 3x the forward
+    tflops = rate * len(data.half_coords) * 3 * model_cfg.decoder_flops_per_point() / 1e12
+    log.info("throughput %.0f images/s over %d steps (decoder %.2f TFLOP/s), first step after %.1f s", rate, steps,
+             tflops, first_step or 0.0)
     if device.type == "cuda":
         log.info("peak device memory %.0f MiB", torch.cuda.max_memory_allocated(device) / 2 ** 20)
     return history
