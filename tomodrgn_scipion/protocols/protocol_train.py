@@ -173,14 +173,16 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
 
         CPU: ``--device cpu``. One GPU: ``--device auto:N`` as the other protocols. Several: one process per
         GPU, ``--num-gpus N --device cuda``, the processes using cuda:0..N-1 of ``CUDA_VISIBLE_DEVICES``, set
-        to the listed GPUs (:func:`visible_devices`). Under a queue these are the job's GPUs 0..GPU_COUNT-1,
-        so the job's own variable, which the queue engine set, is kept.
+        to the listed GPUs (:func:`visible_devices`). Under a queue the variable is the queue engine's: it sets
+        it in the job for the GPU_COUNT GPUs it booked (with Scipion's "queue for jobs", the job is not even
+        this process), so it is left alone.
         """
         env = self._environ()
         gpus = self.gpuIds() if self.usesGpu() else []
         if len(gpus) < 2:
             return self._deviceArgs(), env
-        env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+        if not self.useQueue():
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
         return ["--num-gpus", len(gpus), "--device", "cuda"], env
 
     def trainCommand(self) -> "tuple[str, list[object], pwutils.Environ]":
