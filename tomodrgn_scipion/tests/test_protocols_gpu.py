@@ -218,3 +218,17 @@ class TestTrainGpus(ProjectTest):
             exported = json.loads(self.proj.getProtocolsJson([loaded]))[0]
             self.assertNotIn("lazy", exported)
             self.assertEqual(exported["loadImages"], expected)
+
+    def test_train_nn_on_two_cpu_ranks(self):
+        """A real distributed run from Scipion: no GPU, and the form's extra options ask for 2 CPU ranks
+        (--device cpu --num-gpus 2: gloo), as a GPU list of two asks for 2 GPU ranks."""
+        from tomodrgn_scipion.method.stacks import read_volume
+
+        nn = self._train(TomoDrgnProtTrainNN, useGpu=False, numEpochs=1, batchSize=2, decLayers=1, decDim=16,
+                         learningRate=1e-3, extraParams="--num-gpus 2")
+        self.launchProtocol(nn)
+        log = open(nn.getStdoutLog()).read()
+        self.assertIn("2 ranks (gloo)", log)
+        data, _ = read_volume(nn.outputVolume.getFileName())
+        self.assertEqual(data.shape, (8, 8, 8))
+        self.assertIn("1 of 1 epochs", nn.summary()[0])
