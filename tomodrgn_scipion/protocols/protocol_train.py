@@ -86,9 +86,10 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         form.addParam("loadImages", params.EnumParam, choices=LOAD_CHOICES, default=LOAD_AUTO,
                       display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
                       label="Load images",
-                      help="auto: in memory when the preprocessed images fit in the free memory of the GPU (or of "
-                           "the computer), else streamed from disk; the log says which and why. In memory "
-                           "(--no-lazy): fastest. Stream from disk (--lazy): for data larger than memory.")
+                      help="auto: in memory when the preprocessed images take at most half the free memory of "
+                           "the training device (GPU, or the computer's), else streamed from disk; the log says "
+                           "which and why. In memory (--no-lazy): fastest. Stream from disk (--lazy): for data "
+                           "larger than memory.")
         form.addParam("numWorkers", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Loader threads", help="Background threads preparing batches (--num-workers).")
         form.addParam("noAmp", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
