@@ -207,7 +207,7 @@ class TomoDrgnProtAnalyze(TomoDrgnProtBase):
             errors.append(f"Only {train.zdim.get()} principal components exist (zdim).")
         if (self.volumeStar.get() or "").strip() and not os.path.isfile(self._volumeStar()):
             errors.append(f"Volume-series star not found: {self._volumeStar()}")
-        return errors
+        return errors + self._gpuErrors()
 
     def _summary(self) -> list[str]:
         path = self.anaDir("summary.txt")

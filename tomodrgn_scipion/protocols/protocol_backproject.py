@@ -133,7 +133,7 @@ class TomoDrgnProtBackproject(TomoDrgnProtBase):
             errors.append(f"Half maps need at least 2 particles; the set has {parts.getSize()}.")
         if self.pad.get() is None or self.pad.get() < 1:
             errors.append("Fourier oversampling must be >= 1.")
-        return errors
+        return errors + self._gpuErrors()
 
     def _summary(self) -> list[str]:
         if not self.hasAttribute("outputVolume"):

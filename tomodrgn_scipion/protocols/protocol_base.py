@@ -79,6 +79,50 @@ def quote(args: Iterable[object]) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
+#: Help of the GPU list of the protocols that run on one GPU.
+ONE_GPU_HELP = ("The GPU to use, as nvidia-smi numbers it. This protocol runs on one GPU: of several listed, the "
+                "first (only the training protocols use several). Under a queue, the first GPU of the job.")
+#: Help of the GPU list of the training protocols.
+SEVERAL_GPUS_HELP = ("The GPUs to train on, as nvidia-smi numbers them: 0, '0 1 2' or 0-3. Several: one training "
+                     "process per GPU (torch DistributedDataParallel); the batch size stays the batch over all of "
+                     "them. Under a queue, the job asks for as many GPUs as are listed and trains on the ones the "
+                     "queue gives it. See docs/multigpu.md.")
+
+
+def visible_devices(gpus: list[int], inherited: "str | None") -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a command that runs on the GPUs ``gpus``.
+
+    Parameters
+    ----------
+    gpus : list of int
+        GPU numbers: the devices themselves when Scipion runs without ``CUDA_VISIBLE_DEVICES``, else
+        positions in it (as torch would number them).
+    inherited : str or None
+        Scipion's own ``CUDA_VISIBLE_DEVICES`` (set by a queue's job or by an allocation Scipion was started
+        in; entries are numbers or GPU UUIDs), None when unset.
+
+    Returns
+    -------
+    str
+        The devices, comma-separated; the command's ranks see them as cuda:0..len(gpus)-1.
+
+    Raises
+    ------
+    ValueError
+        A GPU beyond those that ``inherited`` makes visible.
+    """
+    if inherited is None:
+        return ",".join(str(g) for g in gpus)
+    seen = [d.strip() for d in inherited.split(",") if d.strip()]
+    beyond = [g for g in gpus if g >= len(seen)]
+    if beyond and not seen:
+        raise ValueError(f"GPU {beyond[0]}: Scipion sees no GPU (CUDA_VISIBLE_DEVICES is empty).")
+    if beyond:
+        raise ValueError(f"GPU {beyond[0]}: Scipion sees {len(seen)} GPU(s) (CUDA_VISIBLE_DEVICES={inherited}), "
+                         f"numbered 0-{len(seen) - 1}.")
+    return ",".join(seen[g] for g in gpus)
+
+
 #: What the protocol tree, run boxes and form headers show before each protocol's ``_label``.
 LABEL_PREFIX = "tomoDRGN - "
 
@@ -104,12 +148,15 @@ class TomoDrgnProtBase(TomoDrgnLabel, EMProtocol):
 
     # ------------------------------------------------------------------------------------ form helpers
     @staticmethod
-    def _addGpuParams(form, default_gpu: bool = True) -> None:
-        """Scipion's GPU switch and GPU list (hidden, filled by the GUI's GPU field and by queues)."""
+    def _addGpuParams(form, default_gpu: bool = True, several: bool = False) -> None:
+        """Scipion's GPU switch and GPU list (hidden: the GUI shows them in its run section, with this help).
+
+        ``several``: the protocol runs on every listed GPU (training); otherwise on the first.
+        """
         form.addHidden(params.USE_GPU, params.BooleanParam, default=default_gpu,
                        label="Use GPU?", help="Run on a CUDA GPU when torch sees one; otherwise on the CPU.")
-        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="GPU ID",
-                       help="The one GPU to use (tomodrgn-scipion trains on a single GPU).")
+        form.addHidden(params.GPU_LIST, params.StringParam, default="0", label="GPU IDs",
+                       help=SEVERAL_GPUS_HELP if several else ONE_GPU_HELP)
 
     @staticmethod
     def _addVolumeParams(form) -> None:
@@ -138,18 +185,61 @@ class TomoDrgnProtBase(TomoDrgnLabel, EMProtocol):
             args.append("--invert")
         return args
 
+    def gpuIds(self) -> list[int]:
+        """The GPUs of this run, numbered as its command sees them.
+
+        Outside a queue, the form's list (nvidia-smi's numbers). Under a queue, pyworkflow books ``GPU_COUNT``
+        GPUs for the job (the length of the form's list, unless the queue's parameters set it) and the queue
+        engine chooses them: the job sees them as 0..GPU_COUNT-1 (pyworkflow renumbers a queued run's GPUs
+        the same way, ``anonimizeGPUs``).
+        """
+        if self.useQueue():
+            return list(range(int(self.getSubmitDict()["GPU_COUNT"])))
+        return self.getGpuList()
+
     def _deviceArgs(self) -> list[str]:
-        """``--device auto:N`` (GPU N when the command's torch sees CUDA, else the CPU) or ``--device cpu``."""
+        """One GPU: ``--device auto:N`` (the first listed GPU when the command's torch sees CUDA, else the
+        CPU), or ``--device cpu``."""
         if not self.usesGpu():
             return ["--device", "cpu"]
-        gpus = self.getGpuList()
+        gpus = self.gpuIds()
         return ["--device", f"auto:{gpus[0]}" if gpus else "auto"]
 
+    def _environ(self) -> pwutils.Environ:
+        """The plugin's environment for a command; with a GPU, also ``CUDA_DEVICE_ORDER`` from Scipion's
+        configuration (``PCI_BUS_ID`` by default: GPU numbers as nvidia-smi shows them) unless already set."""
+        env = Plugin.getEnviron()
+        if self.usesGpu():
+            env.setdefault("CUDA_DEVICE_ORDER", getattr(pw.Config, "CUDA_DEVICE_ORDER", "PCI_BUS_ID"))
+        return env
+
+    def _gpuErrors(self, several: bool = False) -> list[str]:
+        """Form errors of the GPU list (none when it is fine or the CPU is used); ``several``: the protocol
+        runs one process on each listed GPU."""
+        if not self.usesGpu():
+            return []
+        try:
+            gpus = self.getGpuList()
+        except ValueError:
+            return [f"GPU IDs '{self.gpuList.get()}': expected GPU numbers such as 0, '0 1 2' or 0-3."]
+        if not several or len(gpus) < 2:
+            return []
+        twice = sorted({g for g in gpus if gpus.count(g) > 1})
+        if twice:
+            return [f"GPU IDs '{self.gpuList.get()}': GPU {twice[0]} is listed twice (one process per GPU)."]
+        if not self.useQueue():  # a queued job's GPUs are only known in the job
+            try:
+                visible_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            except ValueError as e:
+                return [str(e)]
+        return []
+
     # ------------------------------------------------------------------------------------ running
-    def _runCli(self, subcommand: str, args: Iterable[object]) -> None:
-        """Run one ``tomodrgn-scipion`` command; its output goes to the run's log."""
-        self.runJob(Plugin.getProgram(subcommand), quote(args), env=Plugin.getEnviron(), numberOfMpi=1,
-                    numberOfThreads=1)
+    def _runCli(self, subcommand: str, args: Iterable[object], env: "pwutils.Environ | None" = None) -> None:
+        """Run one ``tomodrgn-scipion`` command in ``env`` (default: :meth:`_environ`); its output goes to the
+        run's log."""
+        self.runJob(Plugin.getProgram(subcommand), quote(args), env=self._environ() if env is None else env,
+                    numberOfMpi=1, numberOfThreads=1)
 
     def _createParticleSet(self, suffix: str = "") -> TomoDrgnParticles:
         """A new, empty particle set in this run's folder."""

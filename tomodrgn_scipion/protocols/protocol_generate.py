@@ -224,7 +224,7 @@ class TomoDrgnProtGenerateVolumes(TomoDrgnProtBase):
             errors.append(f"Box size {down}: must be even and at most the training box {box}.")
         if (self.lowpass.get() or 0) < 0:
             errors.append("The low-pass resolution must be >= 0.")
-        return errors
+        return errors + self._gpuErrors()
 
     def _summary(self) -> list[str]:
         if not self.hasAttribute("outputVolumes"):

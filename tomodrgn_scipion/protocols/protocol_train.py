@@ -6,15 +6,39 @@ import shutil
 
 import numpy as np
 import pyworkflow.protocol.params as params
+import pyworkflow.utils as pwutils
 from pwem.objects import Volume
 
+from .. import Plugin
 from ..constants import CITE_TOMODRGN
 from ..objects import TomoDrgnParticles
 from .protocol_base import (PARTICLE_CLASSES, TomoDrgnProtBase, add_relion_contrast_param, input_errors,
-                            relion_or_own_args)
+                            relion_or_own_args, visible_devices)
 
 PE_TYPES = ["geom_lowf", "geom_ft", "geom_full", "geom_nohighf", "linear_lowf", "gaussian", "none"]
 POOLING = ["concatenate", "max", "mean", "median", "set_attention"]
+#: Choices of "Load images" and their options of the command (auto: none, the command decides).
+LOAD_AUTO, LOAD_MEMORY, LOAD_DISK = 0, 1, 2
+LOAD_CHOICES = ["auto", "in memory", "stream from disk"]
+LOAD_FLAGS = {LOAD_AUTO: [], LOAD_MEMORY: ["--no-lazy"], LOAD_DISK: ["--lazy"]}
+
+
+def legacy_load_choice(lazy: object) -> int:
+    """"Load images" of a run saved with the former Yes/No ``lazy`` (a Boolean, or its stored text): what
+    that run did, stream from disk or in memory."""
+    return LOAD_DISK if str(lazy).strip().lower() in ("true", "1") else LOAD_MEMORY
+
+
+class LegacyLazyParam(params.DeprecatedParam):
+    """The Yes/No "Read images from disk as needed?" (``lazy``) of runs saved before "Load images": loading
+    such a run from its project sets "Load images" (:func:`legacy_load_choice`)."""
+
+    def __init__(self, prot) -> None:
+        super().__init__("loadImages", prot)
+
+    def set(self, value, cleanExtended: bool = False) -> None:
+        if value is not None:
+            super().set(legacy_load_choice(value))
 
 
 class TomoDrgnProtTrainBase(TomoDrgnProtBase):
@@ -43,8 +67,9 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         form.addParam("numEpochs", params.IntParam, default=20, validators=[params.Positive],
                       label="Epochs", help="Passes through all particles (-n).")
         form.addParam("batchSize", params.IntParam, default=1, validators=[params.Positive],
-                      label="Batch size (particles)", help="Particles per optimiser step (-b). Scale the learning "
-                                                            "rate with it.")
+                      label="Batch size (particles)",
+                      help="Particles per optimiser step (-b), over all GPUs: with several, each takes its share, "
+                           "so the result does not depend on their number. Scale the learning rate with it.")
         form.addParam("learningRate", params.FloatParam, default=2e-4, label="Learning rate", help="--lr (AdamW).")
         form.addParam("weightDecay", params.FloatParam, default=0.0, expertLevel=params.LEVEL_ADVANCED,
                       label="Weight decay", help="--wd")
@@ -57,8 +82,14 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         line.addParam("doseWeight", params.BooleanParam, default=False, label="dose")
         line.addParam("tiltWeight", params.BooleanParam, default=False, label="tilt")
         line.addParam("doseMask", params.BooleanParam, default=False, label="dose mask")
-        form.addParam("lazy", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
-                      label="Read images from disk as needed?", help="For data larger than memory (--lazy).")
+        self.lazy = LegacyLazyParam(self)
+        form.addParam("loadImages", params.EnumParam, choices=LOAD_CHOICES, default=LOAD_AUTO,
+                      display=params.EnumParam.DISPLAY_HLIST, expertLevel=params.LEVEL_ADVANCED,
+                      label="Load images",
+                      help="auto: in memory when the preprocessed images take at most half the free memory of "
+                           "the training device (GPU, or the computer's), else streamed from disk; the log says "
+                           "which and why. In memory (--no-lazy): fastest. Stream from disk (--lazy): for data "
+                           "larger than memory.")
         form.addParam("numWorkers", params.IntParam, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Loader threads", help="Background threads preparing batches (--num-workers).")
         form.addParam("noAmp", params.BooleanParam, default=False, expertLevel=params.LEVEL_ADVANCED,
@@ -72,6 +103,13 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
         form.addParam("decDim", params.IntParam, default=256, label="Nodes per layer", help="--dec-dim")
         form.addParam("peType", params.EnumParam, choices=PE_TYPES, default=0, expertLevel=params.LEVEL_ADVANCED,
                       label="Positional encoding", help="--pe-type")
+
+    def processImportDict(self, importDict: dict, importDir: str) -> dict:
+        """A workflow file exported before "Load images" gives the Yes/No ``lazy``: it sets "Load images"."""
+        importDict = super().processImportDict(importDict, importDir)
+        if "lazy" in importDict and "loadImages" not in importDict:
+            importDict = {**importDict, "loadImages": legacy_load_choice(importDict["lazy"])}
+        return importDict
 
     # ------------------------------------------------------------------------------------ paths
     def trainDir(self, *parts: str) -> str:
@@ -121,20 +159,44 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
                               "--seed", self.seed.get(), "--checkpoint", self.checkpoint.get(),
                               "--num-workers", self.numWorkers.get(),
                               "--dec-layers", self.decLayers.get(), "--dec-dim", self.decDim.get(),
-                              "--pe-type", PE_TYPES[self.peType.get()], *self._deviceArgs()]
+                              "--pe-type", PE_TYPES[self.peType.get()], *LOAD_FLAGS[self.loadImages.get()]]
         args += relion_or_own_args(self, parts)
         for flag, on in (("--recon-dose-weight", self.doseWeight), ("--recon-tilt-weight", self.tiltWeight),
-                         ("--l-dose-mask", self.doseMask), ("--lazy", self.lazy), ("--no-amp", self.noAmp)):
+                         ("--l-dose-mask", self.doseMask), ("--no-amp", self.noAmp)):
             if on.get():
                 args.append(flag)
         if self.continueRun.get() is not None:
             args += ["--load", "latest"]
         return args
 
-    def trainStep(self) -> None:
+    def _trainDevice(self) -> "tuple[list[object], pwutils.Environ]":
+        """Device options and environment of the training command.
+
+        CPU: ``--device cpu``. One GPU: ``--device auto:N`` as the other protocols. Several: one process per
+        GPU, ``--num-gpus N --device cuda``, the processes using cuda:0..N-1 of ``CUDA_VISIBLE_DEVICES``, set
+        to the listed GPUs (:func:`visible_devices`). Under a queue the variable is the queue engine's: it sets
+        it in the job for the GPU_COUNT GPUs it booked (with Scipion's "queue for jobs", the job is not even
+        this process), so it is left alone.
+        """
+        env = self._environ()
+        gpus = self.gpuIds() if self.usesGpu() else []
+        if len(gpus) < 2:
+            return self._deviceArgs(), env
+        if not self.useQueue():
+            env["CUDA_VISIBLE_DEVICES"] = visible_devices(gpus, env.get("CUDA_VISIBLE_DEVICES"))
+        return ["--num-gpus", len(gpus), "--device", "cuda"], env
+
+    def trainCommand(self) -> "tuple[str, list[object], pwutils.Environ]":
+        """The program, arguments and environment of the training step."""
         import shlex
 
-        self._runCli(self.COMMAND, [*self._commonArgs(), *self._specificArgs(), *shlex.split(self.extraParams.get() or "")])
+        device, env = self._trainDevice()
+        args = [*self._commonArgs(), *device, *self._specificArgs(), *shlex.split(self.extraParams.get() or "")]
+        return Plugin.getProgram(self.COMMAND), args, env
+
+    def trainStep(self) -> None:
+        _, args, env = self.trainCommand()
+        self._runCli(self.COMMAND, args, env=env)
 
     def _specificArgs(self) -> list[object]:
         return []
@@ -150,7 +212,13 @@ class TomoDrgnProtTrainBase(TomoDrgnProtBase):
                 errors.append(f"The run to continue already trained {prev.numEpochs.get()} epochs: ask for more.")
         if self.learningRate.get() is None or self.learningRate.get() <= 0:
             errors.append("The learning rate must be > 0.")
-        return errors
+        gpu_errors = self._gpuErrors(several=True)
+        if not gpu_errors and self.usesGpu() and not self.useQueue():
+            gpus = len(self.getGpuList())
+            if gpus > 1 and (self.batchSize.get() or 0) < gpus:
+                errors.append(f"Batch size {self.batchSize.get()}: the batch is shared by the {gpus} GPUs, so it "
+                              f"must be at least {gpus}.")
+        return errors + gpu_errors
 
     def _trainingSummary(self) -> list[str]:
         loss = self.trainDir("loss.csv")
@@ -192,7 +260,7 @@ class TomoDrgnProtTrainVAE(TomoDrgnProtTrainBase):
         form.addParam("pooling", params.EnumParam, choices=POOLING, default=0, label="Pooling of tilts",
                       help="--pooling-function")
         self._defineDecoderParams(form)
-        self._addGpuParams(form)
+        self._addGpuParams(form, several=True)
 
     def _specificArgs(self) -> list[object]:
         args: list[object] = ["--zdim", self.zdim.get(), "--enc-layers-A", self.encLayersA.get(),
@@ -251,7 +319,7 @@ class TomoDrgnProtTrainNN(TomoDrgnProtTrainBase):
         self._defineInputParams(form)
         self._defineTrainingParams(form)
         self._defineDecoderParams(form)
-        self._addGpuParams(form)
+        self._addGpuParams(form, several=True)
 
     def createOutputStep(self) -> None:
         vol = Volume()
