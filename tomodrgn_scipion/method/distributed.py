@@ -123,16 +123,6 @@ def all_sum(ctx: Context, t: Tensor) -> Tensor:
     return t
 
 
-def all_agree(ctx: Context, ok: bool) -> bool:
-    """Whether every rank says ``ok``: ranks that could not start tell the others, which stop too
-    instead of waiting forever for them."""
-    if not ctx.distributed:
-        return ok
-    t = torch.tensor([1 if ok else 0], dtype=torch.int64, device=ctx.device if ctx.backend == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
 def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None:
     """Concatenate every rank's contiguous share of ``total`` rows, in rank order, on rank 0.
 
@@ -162,11 +152,6 @@ def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None
         return None
     sizes = [total * (r + 1) // ctx.world - total * r // ctx.world for r in range(ctx.world)]
     return np.concatenate([b[:n].cpu().numpy() for b, n in zip(bufs, sizes)])
-
-
-def barrier(ctx: Context) -> None:
-    if ctx.distributed:
-        dist.barrier()
 
 
 # ------------------------------------------------------------------------------------------ launch

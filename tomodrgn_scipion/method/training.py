@@ -564,6 +564,8 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
             if (i + 1) % 50 == 0 or stop:
                 _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
                 checked = i + 1
+            if stop:
+                break
         _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
         all_sum(ctx, sums)
         seconds = time.monotonic() - t0
