@@ -153,7 +153,7 @@ def plan_stacks(images: ImageSource, stack_dir: Path) -> tuple[list[StackPlan], 
     order = np.argsort(group, kind="stable")
     bounds = np.cumsum(np.bincount(group, minlength=len(uniques)))[:-1]
     for g, rows in enumerate(np.split(order, bounds)):
-        used, first, inverse = np.unique(images.index[rows], return_index=True, return_inverse=True)
+        _, first, inverse = np.unique(images.index[rows], return_index=True, return_inverse=True)
         slice_of[rows] = inverse
         plans.append(StackPlan(Path(uniques[g]), stack_dir / os.path.relpath(uniques[g], common), rows[first]))
     return plans, group, slice_of
@@ -165,8 +165,7 @@ def _number(v: float) -> str:
     return text if any(c in text for c in ".en") else f"{text}.0"
 
 
-def downsampled_values(star: TiltSeriesStar, file: StarFile, block: str, box: int, old_box: int,
-                       names: dict[int, str]) -> StarFile:
+def downsampled_values(kind: str, file: StarFile, block: str, box: int, old_box: int, names: dict[int, str]) -> StarFile:
     """The particles' star file with the values that depend on the box changed for a box of ``box`` pixels.
 
     * ``_rlnImageName`` of each row: ``names`` (the new ``N@stack`` of an image, or a particle's new stack);
@@ -179,8 +178,8 @@ def downsampled_values(star: TiltSeriesStar, file: StarFile, block: str, box: in
 
     Parameters
     ----------
-    star : TiltSeriesStar
-        The particles, as read from ``file``.
+    kind : str
+        The format (one of :data:`.formats.FORMATS`).
     file : StarFile
         The file that lists them (an :data:`.formats.series.Editor` receives it).
     block : str
@@ -208,8 +207,7 @@ def downsampled_values(star: TiltSeriesStar, file: StarFile, block: str, box: in
             out[r] = str(box)
         return out
 
-    px_columns = SHIFT_PX_COLUMNS if star.source not in PARTICLE_SERIES else \
-        WARPTOOLS_PX_COLUMNS if star.source == "warptools" else ()
+    px_columns = SHIFT_PX_COLUMNS if kind not in PARTICLE_SERIES else WARPTOOLS_PX_COLUMNS if kind == "warptools" else ()
     values: dict[str, list[str | None]] = {"rlnImageName": [names.get(r) for r in range(n)]}
     for c in PIXEL_COLUMNS:
         if c in table:
@@ -333,7 +331,7 @@ def downsample(star: TiltSeriesStar, images: ImageSource, box: int, out: str | o
     plans, stack_of, slice_of = plan_stacks(images, stack_dir)
     stars = planned_star_files(star, out)
     check_outputs(stars + [p.output for p in plans])
-    clash = set(map(str, stars)) & {str(p.output) for p in plans}
+    clash = {os.path.abspath(p) for p in stars} & {os.path.abspath(p.output) for p in plans}
     if clash:
         raise InputError(f"{clash.pop()}: both a star file and a stack of the output; choose another --stack-dir")
 
@@ -364,7 +362,7 @@ def downsample(star: TiltSeriesStar, images: ImageSource, box: int, out: str | o
         images.close()
 
         def edit(file: StarFile, block: str) -> StarFile:
-            return downsampled_values(star, file, block, box, old_box, names)
+            return downsampled_values(star.source, file, block, box, old_box, names)
 
         written = star.write_subset(np.arange(star.n_particles), out, edit=edit)
     return DownsampleResult(written, [p.output for p in plans], star.n_particles, star.n_images, n_slices, old_box, box,
@@ -448,8 +446,6 @@ def run_downsample(a: argparse.Namespace) -> None:
     from .cliutil import format_kwargs, resolve_device
 
     check_box(a.downsample)
-    if a.batch_size < 1:
-        raise InputError(f"--batch-size {a.batch_size}: must be >= 1")
     if a.output.suffix != ".star":
         raise InputError(f"{a.output}: the output must be a .star file")
     device = resolve_device(a.device)

@@ -191,6 +191,11 @@ def test_every_format_round_trips(layouts, downsampled, lay):
         with mrcfile.open(p) as m:
             assert m.data.dtype == np.float32 and m.data.shape[1:] == (16, 16)
             assert float(m.voxel_size.x) == pytest.approx(2 * a.pixel_size, rel=1e-6)
+            # header statistics kept while streaming, as mrcfile computes them from the whole stack
+            h = m.header
+            np.testing.assert_allclose([h.dmin, h.dmax, h.dmean, h.rms],
+                                       [m.data.min(), m.data.max(), m.data.mean(dtype=np.float64), m.data.std(dtype=np.float64)],
+                                       rtol=1e-5, atol=1e-6)
 
 
 def test_inputs_are_not_modified(layouts, tmp_path):
