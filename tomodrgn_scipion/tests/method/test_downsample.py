@@ -136,8 +136,10 @@ def changed_labels(lay: str, block: str) -> set[str]:
     return {"rlnImageName"} | set(PIXEL_COLUMNS) | set(BOX_COLUMNS) | px
 
 
-def fields(line: str) -> list[str]:
-    return line.split()
+def fields(line: str) -> tuple[list[str], list[str]]:
+    """(values, the whitespace around them) of a star row without quoted values."""
+    parts = re.split(r"(\s+)", line)
+    return parts[0::2], parts[1::2]
 
 
 @pytest.mark.parametrize("lay", LAYOUTS)
@@ -172,7 +174,11 @@ def test_every_format_round_trips(layouts, downsampled, lay):
             if c not in may:
                 assert tx[c].tolist() == ty[c].tolist(), (x.name, c)
         for r, (lx, ly) in enumerate(zip(x.rows, y.rows)):  # untouched fields byte-identical, spacing included
-            for c, fx, fy in zip(x.labels, fields(lx), fields(ly)):
+            (vx, sx), (vy, sy) = fields(lx), fields(ly)
+            assert sx == sy, (x.name, r)
+            vx, vy = [v for v in vx if v], [v for v in vy if v]
+            assert len(vx) == len(vy) == len(x.labels), (x.name, r)
+            for c, fx, fy in zip(x.labels, vx, vy):
                 if c not in may:
                     assert fx == fy, (x.name, r, c)
         for c in set(x.labels) & set(PIXEL_COLUMNS):
