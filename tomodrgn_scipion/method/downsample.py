@@ -369,40 +369,12 @@ def downsample(star: TiltSeriesStar, images: ImageSource, box: int, out: str | o
                             old_pixel, pixel)
 
 
-class _StreamedStackWriter(StackWriter):
-    """A :class:`.stacks.StackWriter` that keeps the header statistics as the images come: closing then
-    needs no pass over the whole stack (``mrcfile``'s ``update_header_stats`` makes a temporary copy of
-    it, as large as the stack, to compute the RMS)."""
-
-    def __init__(self, path: str | os.PathLike, n: int, box: int, pixel_size: float):
-        super().__init__(path, n, box, pixel_size)
-        self._min, self._max, self._sum, self._sum2, self._count = np.inf, -np.inf, 0.0, 0.0, 0
-
-    def write(self, start: int, images: np.ndarray) -> None:
-        """Put ``images`` (B, D, D) at positions ``start .. start + B - 1`` (0-based)."""
-        super().write(start, images)
-        x = images.astype(np.float64, copy=False)
-        self._min, self._max = min(self._min, float(x.min())), max(self._max, float(x.max()))
-        self._sum += float(x.sum())
-        self._sum2 += float(np.square(x).sum())
-        self._count += x.size
-
-    def close(self) -> None:
-        """Write the header statistics and rename the file into place."""
-        h = self.mrc.header
-        mean = self._sum / self._count
-        h.dmin, h.dmax, h.dmean = np.float32(self._min), np.float32(self._max), np.float32(mean)
-        h.rms = np.float32(np.sqrt(max(self._sum2 / self._count - mean * mean, 0.0)))
-        self.mrc.close()
-        os.replace(self.tmp, self.path)
-
-
 def _write_stack(plan: StackPlan, images: ImageSource, box: int, pixel: float, batch_size: int, device: str,
                  progress: Progress) -> None:
     # The stack writer renames into the temporary of atomic_write, whose own rename waits for the end of the
     # command (all_or_nothing): a run that stops half-way leaves no stack under its final name.
     with atomic_write(plan.output) as tmp:
-        writer = _StreamedStackWriter(tmp, len(plan.rows), box, pixel)
+        writer = StackWriter(tmp, len(plan.rows), box, pixel)
         try:
             for start in range(0, len(plan.rows), batch_size):
                 rows = plan.rows[start:start + batch_size]
