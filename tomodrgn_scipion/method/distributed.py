@@ -123,13 +123,18 @@ def all_sum(ctx: Context, t: Tensor) -> Tensor:
     return t
 
 
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Bounds ``[lo, hi)`` of rank ``rank``'s contiguous share of ``n`` items split over ``world`` ranks."""
+    return n * rank // world, n * (rank + 1) // world
+
+
 def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None:
     """Concatenate every rank's contiguous share of ``total`` rows, in rank order, on rank 0.
 
     Parameters
     ----------
     part : numpy.ndarray, shape (n_r, ...)
-        This rank's rows: share ``[total * r // world, total * (r + 1) // world)``.
+        This rank's rows: its :func:`share` of ``total``.
 
     Returns
     -------
@@ -150,7 +155,7 @@ def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None
         dist.gather(buf, bufs, dst=0)
     if not ctx.main:
         return None
-    sizes = [total * (r + 1) // ctx.world - total * r // ctx.world for r in range(ctx.world)]
+    sizes = [hi - lo for lo, hi in (share(total, r, ctx.world) for r in range(ctx.world))]
     return np.concatenate([b[:n].cpu().numpy() for b, n in zip(bufs, sizes)])
 
 

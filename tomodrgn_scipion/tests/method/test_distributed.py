@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tomodrgn_scipion.method.particles import ParticleTiltData, _share
+from tomodrgn_scipion.method.distributed import share
+from tomodrgn_scipion.method.particles import ParticleTiltData
 from tomodrgn_scipion.method.dataset import TiltSeriesData
 
 SMALL = ["--zdim", "2", "--enc-layers-A", "1", "--enc-dim-A", "32", "--out-dim-A", "8", "--enc-layers-B", "1",
@@ -81,7 +82,7 @@ def test_every_particle_once_per_epoch_over_the_ranks(star):
                 seen.append(b.particles)
         seen = np.concatenate(seen)
         assert np.array_equal(np.sort(seen), np.arange(data.n_particles)), world
-    assert [_share(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+    assert [share(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
 
 
 def test_two_ranks_killed_then_resumed_on_one(tmp_path, star):
