@@ -462,7 +462,6 @@ _IMPORTED = time.monotonic()
 def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltData, outdir: Path, data_cfg: dict,
            extra: dict, load: str | None, ctx: Context) -> list[EpochStats]:
     device, vae, main = data.device, model_cfg.zdim > 0, ctx.main
-    log.info("%s", ctx.describe())
     torch.manual_seed(settings.seed)
     model = model_cfg.build().to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.wd)
@@ -484,6 +483,8 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
         start_epoch = int(ckpt["epoch"])
         _check_same_particles(outdir, data)
         history = _read_history(outdir / "loss.csv", start_epoch)
+        # the first line of what this run adds to run.log, once nothing can refuse it any more
+        log.info("%s", ctx.describe())
         log.info("resuming from %s after epoch %d", path, start_epoch)
         if start_epoch == settings.num_epochs and _final_files_missing(outdir, start_epoch, vae):
             # killed between the last checkpoint and the final files: write what is missing
@@ -492,7 +493,8 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
             return history
         if start_epoch >= settings.num_epochs:
             raise InputError(f"{path}: already trained {start_epoch} epochs; ask for more with -n/--num-epochs")
-
+    else:
+        log.info("%s", ctx.describe())
     if main:
         write_config(outdir / "config.json", model_cfg, settings, data_cfg, extra)
         write_text(outdir / "particle_ids.txt", "\n".join(data.particle_ids) + "\n")
