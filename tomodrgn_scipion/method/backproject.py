@@ -20,7 +20,7 @@ from .dataset import TiltSeriesData
 from .lattice import radial_shells
 from .progress import Progress
 from .projection import BackProjector, SliceGeometry
-from .transforms import shift_fourier
+from .transforms import shift_at
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -60,9 +60,8 @@ def insert_images(data: TiltSeriesData, rows: np.ndarray, bp: BackProjector, dos
     """Back-project the given tilt images into ``bp``."""
     g = bp.geometry
     img = data.real_images(rows).to(g.device, torch.float64)
-    f = shift_fourier(fft.fft2_center(img), data.shifts(rows).to(g.device))
     # Real images: one frequency of each {k, -k} pair carries all the information.
-    values = g.from_grid(f)[:, g.half]
+    values = shift_at(g.from_grid(fft.fft2_center(img))[:, g.half], data.shifts(rows), g.coords[g.half][:, :2])
     factor, h = data.imaging.subset(rows).insertion(g.freqs2d[g.half] / data.pixel_size, dose_weight, tilt_weight, dose_mask)
     bp.insert(values * factor, h, data.rotations(rows))
 

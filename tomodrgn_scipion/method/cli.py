@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 
-from . import cli_analysis, cli_train, convergence, mapback, volume_analysis
+from . import cli_analysis, cli_train, convergence, downsample, mapback, volume_analysis
 from .cliutil import PARTICLES_HELP, add_data_args, add_device_arg, format_kwargs, load_particle_selection, resolve_device
 from .errors import InputError, MethodError, TrainingError
 from .cliutil import check_finite_options, protect_argument_files
@@ -197,6 +197,8 @@ COMMANDS: dict[str, tuple[Callable, Callable, str]] = {
                 "ChimeraX scripts placing particles, coloured by cluster, in their tomograms"),
     "analyze_volumes": (volume_analysis.add_analyze_volumes, volume_analysis.run_analyze_volumes,
                         "PCA and k-means over a set of generated volumes"),
+    "downsample": (downsample.add_downsample, downsample.run_downsample,
+                   "Fourier-crop particle tilt series to a smaller box, written in the input's own format"),
 }
 
 

@@ -123,14 +123,9 @@ def all_sum(ctx: Context, t: Tensor) -> Tensor:
     return t
 
 
-def all_agree(ctx: Context, ok: bool) -> bool:
-    """Whether every rank says ``ok``: ranks that could not start tell the others, which stop too
-    instead of waiting forever for them."""
-    if not ctx.distributed:
-        return ok
-    t = torch.tensor([1 if ok else 0], dtype=torch.int64, device=ctx.device if ctx.backend == "nccl" else "cpu")
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+def share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Bounds ``[lo, hi)`` of rank ``rank``'s contiguous share of ``n`` items split over ``world`` ranks."""
+    return n * rank // world, n * (rank + 1) // world
 
 
 def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None:
@@ -139,7 +134,7 @@ def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None
     Parameters
     ----------
     part : numpy.ndarray, shape (n_r, ...)
-        This rank's rows: share ``[total * r // world, total * (r + 1) // world)``.
+        This rank's rows: its :func:`share` of ``total``.
 
     Returns
     -------
@@ -160,13 +155,8 @@ def gather_rows(ctx: Context, part: np.ndarray, total: int) -> np.ndarray | None
         dist.gather(buf, bufs, dst=0)
     if not ctx.main:
         return None
-    sizes = [total * (r + 1) // ctx.world - total * r // ctx.world for r in range(ctx.world)]
+    sizes = [hi - lo for lo, hi in (share(total, r, ctx.world) for r in range(ctx.world))]
     return np.concatenate([b[:n].cpu().numpy() for b, n in zip(bufs, sizes)])
-
-
-def barrier(ctx: Context) -> None:
-    if ctx.distributed:
-        dist.barrier()
 
 
 # ------------------------------------------------------------------------------------------ launch

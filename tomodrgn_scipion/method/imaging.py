@@ -30,6 +30,9 @@ PREMULTIPLIED_SIGN = -1.0
 class ImagingParams:
     """Imaging parameters of N tilt images, each a float64 array of shape (N,).
 
+    The fields may also be tensors on a device (see :meth:`to`): everything is then computed there,
+    without reading anything back to the host.
+
     Attributes
     ----------
     dfu, dfv : defocus U and V, A (positive = under-focus)
@@ -59,8 +62,9 @@ class ImagingParams:
 
     def __post_init__(self) -> None:
         n = len(self.dfu)
-        self.premultiplied = np.zeros(n, bool) if self.premultiplied is None else np.asarray(self.premultiplied, bool)
-        self.dose_weighted = np.zeros(n, bool) if self.dose_weighted is None else np.asarray(self.dose_weighted, bool)
+        for name in ("premultiplied", "dose_weighted"):
+            v = getattr(self, name)
+            setattr(self, name, np.zeros(n, bool) if v is None else v if isinstance(v, Tensor) else np.asarray(v, bool))
 
     def __len__(self) -> int:
         return len(self.dfu)
@@ -68,6 +72,23 @@ class ImagingParams:
     def subset(self, rows: np.ndarray) -> "ImagingParams":
         """The parameters of the given rows."""
         return ImagingParams(**{f.name: np.asarray(getattr(self, f.name))[rows] for f in fields(self)})
+
+    def to(self, device: torch.device | str, pin: bool = False) -> "ImagingParams":
+        """The same parameters as tensors on ``device`` (float64, and bool for the flags), copied
+        without waiting for the device; ``pin`` stages them in pinned host memory first."""
+        def move(v) -> Tensor:
+            t = torch.as_tensor(np.asarray(v))
+            t = t.to(torch.bool) if t.dtype == torch.bool else t.to(torch.float64)
+            return (t.pin_memory() if pin else t).to(device, non_blocking=True)
+
+        return ImagingParams(**{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def _flags(self, name: str, device: torch.device) -> Tensor | None:
+        """A flag field as a tensor on ``device``, or None when it is all False (known without the device)."""
+        v = getattr(self, name)
+        if isinstance(v, Tensor):
+            return v.to(device)
+        return torch.as_tensor(v, device=device) if v.any() else None
 
     def ctf(self, freqs_a: Tensor) -> Tensor:
         """CTF (tomoDRGN sign), shape (N, M), at frequencies ``freqs_a`` (M, 2) in 1/A."""
@@ -94,16 +115,20 @@ class ImagingParams:
         -------
         Tensor, shape (N, M), dtype of ``freqs_a``
         """
-        a = torch.ones(len(self), freqs_a.shape[0], dtype=freqs_a.dtype, device=freqs_a.device)
+        dev = freqs_a.device
+        a = torch.ones(len(self), freqs_a.shape[0], dtype=freqs_a.dtype, device=dev)
         k = freqs_a.norm(dim=-1)
+        dose = torch.as_tensor(self.dose, dtype=torch.float64).to(dev)
+        voltage = torch.as_tensor(self.voltage, dtype=torch.float64).to(dev)
         if dose_weight:
             # images the exporter already dose-weighted are not weighted a second time
-            dose = torch.as_tensor(np.where(self.dose_weighted, 0.0, self.dose))
-            a = a * dose_mod.dose_weights(k, dose, torch.as_tensor(self.voltage)).to(a)
+            weighted = self._flags("dose_weighted", dev)
+            n = dose if weighted is None else torch.where(weighted, 0.0, dose)
+            a = a * dose_mod.dose_weights(k, n, voltage).to(a)
         if tilt_weight:
-            a = a * dose_mod.tilt_weights(torch.as_tensor(self.ctf_scalefactor, device=a.device)).to(a)[:, None]
+            a = a * dose_mod.tilt_weights(torch.as_tensor(self.ctf_scalefactor).to(dev)).to(a)[:, None]
         if dose_mask:
-            a = a * dose_mod.optimal_exposure_mask(k, torch.as_tensor(self.dose), torch.as_tensor(self.voltage)).to(a)
+            a = a * dose_mod.optimal_exposure_mask(k, dose, voltage).to(a)
         return a
 
     def data_transfer(self, freqs_a: Tensor) -> Tensor:
@@ -115,9 +140,9 @@ class ImagingParams:
         Tensor, shape (N, M), dtype of ``freqs_a``
         """
         h = self.ctf(freqs_a)
-        if self.premultiplied.any():
-            pre = torch.as_tensor(self.premultiplied, device=h.device)[:, None]
-            h = torch.where(pre, PREMULTIPLIED_SIGN * h * h, h)
+        pre = self._flags("premultiplied", h.device)
+        if pre is not None:
+            h = torch.where(pre[:, None], PREMULTIPLIED_SIGN * h * h, h)
         return h
 
     def insertion(self, freqs_a: Tensor, dose_weight: bool = False, tilt_weight: bool = False,
@@ -135,11 +160,11 @@ class ImagingParams:
         """
         h = self.transfer(freqs_a, dose_weight, tilt_weight, dose_mask)
         factor = h
-        if self.premultiplied.any():
+        pre = self._flags("premultiplied", h.device)
+        if pre is not None:
             att = self.attenuation(freqs_a, dose_weight, tilt_weight, dose_mask) if (dose_weight or tilt_weight or dose_mask) \
                 else torch.ones_like(h)
-            pre = torch.as_tensor(self.premultiplied, device=h.device)[:, None]
-            factor = torch.where(pre, PREMULTIPLIED_SIGN * att, h)
+            factor = torch.where(pre[:, None], PREMULTIPLIED_SIGN * att, h)
         return factor, h
 
     def transfer(self, freqs_a: Tensor, dose_weight: bool = True, tilt_weight: bool = True,

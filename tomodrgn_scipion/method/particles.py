@@ -20,10 +20,12 @@ import torch
 
 from . import fft
 from .dataset import TiltSeriesData
+from .distributed import share
 from .errors import InputError
+from .imaging import ImagingParams
 from .progress import Progress
 from .projection import SliceGeometry
-from .transforms import shift_fourier
+from .transforms import shift_at
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -82,8 +84,7 @@ class _HostPart:
     counts: np.ndarray
     tilts: np.ndarray | None
     images: Tensor | None
-    ctf: Tensor | None
-    att: Tensor | None
+    imaging: ImagingParams | None
     offset: int = 0
     group_size: int = 0
     group_images: int = 0
@@ -135,8 +136,7 @@ class ParticleTiltData:
         Keep every image's preprocessed transform, CTF and weights on ``device`` (True), or compute
         them from the memory-mapped stacks for each batch (False, ``--lazy``). None (default) chooses:
         in memory when they take at most :data:`MEMORY_FRACTION` of the device's free memory, and one
-        log line says which and why. Images the :class:`TiltSeriesData` already holds in memory are
-        never read twice.
+        log line says which and why.
 
     Attributes
     ----------
@@ -177,6 +177,7 @@ class ParticleTiltData:
 
         self.geometry = g = SliceGeometry(data.box, pad=1, device=self.device)
         self.half_coords = g.coords[g.half].to(torch.float32)
+        self._half_xy = g.coords[g.half][:, :2]
         self.freqs_a = g.freqs2d[g.half] / data.pixel_size
         self.points = 2.0 * g.half_weight
         self.flags = (dose_weight, tilt_weight, dose_mask)
@@ -234,8 +235,10 @@ class ParticleTiltData:
         """:meth:`transforms` of images already read: inversion, window, FFT and shift on the device."""
         g = self.geometry
         img = self.data.preprocess(img.to(self.device, non_blocking=True))
-        f = shift_fourier(fft.fft2_center(img), self.data.shifts(rows).to(self.device, non_blocking=True))
-        return g.from_grid(f)[:, g.half].to(torch.complex64)
+        # shifted on the half-plane frequencies only: 40 % of the grid's points
+        f = g.from_grid(fft.fft2_center(img))[:, g.half]
+        f = shift_at(f, self.data.shifts(rows).to(self.device, non_blocking=True), self._half_xy)
+        return f.to(torch.complex64)
 
     def estimate_norm(self, seed: int, n_sample: int = 1000) -> float:
         """Root-mean-square transform value of up to ``n_sample`` random images (each ``{k, -k}``
@@ -249,15 +252,17 @@ class ParticleTiltData:
             raise InputError(f"{self.data.star.path}: images are empty or not finite; cannot normalise")
         return ms ** 0.5
 
-    def _ctf_weight(self, rows: np.ndarray, on_host: bool = False) -> tuple[Tensor, Tensor | None]:
-        """CTF and, when any loss weight is asked for, dose/tilt attenuation of star rows, float32 (n, H),
-        computed on the device or (``on_host``, in a batch worker) on the host."""
-        imaging = self.data.imaging.subset(rows)
-        freqs = self.freqs_a.cpu() if on_host else self.freqs_a
+    def _ctf_weight(self, rows: np.ndarray) -> tuple[Tensor, Tensor | None]:
+        """CTF and, when any loss weight is asked for, dose/tilt attenuation of star rows, float32 (n, H)."""
+        return self._transfer(self.data.imaging.subset(rows))
+
+    def _transfer(self, imaging: ImagingParams) -> tuple[Tensor, Tensor | None]:
+        """:meth:`_ctf_weight` from the images' parameters, computed where they are (on the device
+        when they are tensors there)."""
         # what the images hold of the slice: the CTF, or -CTF^2 for premultiplied images, whose
         # sign is then also all the encoder's phase flip does
-        ctf = imaging.data_transfer(freqs).to(torch.float32)
-        att = imaging.attenuation(freqs, *self.flags).to(torch.float32) if any(self.flags) else None
+        ctf = imaging.data_transfer(self.freqs_a).to(torch.float32)
+        att = imaging.attenuation(self.freqs_a, *self.flags).to(torch.float32) if any(self.flags) else None
         return ctf, att
 
     def _load_all(self, chunk: int = 2048) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -304,18 +309,17 @@ class ParticleTiltData:
         else:
             counts = self.start[particles + 1] - self.start[particles]
             pos = np.concatenate([np.arange(self.start[p], self.start[p + 1]) for p in particles] or [np.zeros(0, np.int64)])
-        images = ctf = att = None
+        images = imaging = None
         if self._values is None:
             rows = self.rows[pos]
             images = self._host_images(rows)
-            # the CTF from a few numbers per image, here in the worker: the training thread then only
-            # issues copies that do not wait for the device
-            ctf, att = (self._pinned(t) for t in self._ctf_weight(rows, on_host=True))
-        return _HostPart(particles, pos.astype(np.int64), counts, tilts, images, ctf, att, 0, len(particles),
+            # a few numbers per image, staged in pinned memory here: the training thread computes the CTF
+            # from them on the device after a copy that does not wait for it
+            imaging = self.data.imaging.subset(rows)
+            if self.device.type == "cuda":
+                imaging = imaging.to("cpu", pin=True)
+        return _HostPart(particles, pos.astype(np.int64), counts, tilts, images, imaging, 0, len(particles),
                          int(counts.sum()))
-
-    def _pinned(self, t: Tensor | None) -> Tensor | None:
-        return t.pin_memory() if t is not None and self.device.type == "cuda" else t
 
     def finish(self, h: _HostPart) -> Batch:
         """The device part of :meth:`batch` (run on the training thread)."""
@@ -328,8 +332,7 @@ class ParticleTiltData:
             att = None if self._weight is None else self._weight[index]
         else:
             values = self._transform_images(h.images, self.rows[pos]) / self.norm
-            ctf = h.ctf.to(dev, non_blocking=True)
-            att = None if h.att is None else h.att.to(dev, non_blocking=True)
+            ctf, att = self._transfer(h.imaging.to(dev) if dev.type == "cuda" else h.imaging)
         weight = self.points[None, :].expand(len(pos), -1)
         if att is not None:
             weight = weight * att
@@ -353,7 +356,8 @@ class ParticleTiltData:
         return np.stack([rng.permutation(c)[:self.ntilts] for c in counts])
 
     def batches(self, order: np.ndarray, batch_size: int, num_workers: int = 0,
-                rng: np.random.Generator | None = None, rank: int = 0, world: int = 1) -> Iterator[Batch]:
+                rng: np.random.Generator | None = None, rank: int = 0, world: int = 1,
+                encoder_only: bool = False) -> Iterator[Batch]:
         """Batches of particles in the given order.
 
         With ``rng`` the encoder sees a random choice of tilts in random order (see
@@ -362,6 +366,7 @@ class ParticleTiltData:
         suffice). With ``world > 1`` each group of ``batch_size`` particles is split into ``world``
         contiguous shares and this rank gets share ``rank`` (possibly empty): all ranks together see
         every particle once, and the random choices do not depend on the number of ranks.
+        ``encoder_only`` batches hold only the tilts the encoder sees (see :meth:`batch`).
         """
         groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
         # drawn here, in order, for whole groups, so that the result depends neither on the worker
@@ -370,8 +375,8 @@ class ParticleTiltData:
 
         def make(item: tuple[np.ndarray, np.ndarray | None]) -> _HostPart:
             g, c = item
-            lo, hi = _share(len(g), rank, world)
-            h = self.prepare(g[lo:hi], tilts=None if c is None else c[lo:hi])
+            lo, hi = share(len(g), rank, world)
+            h = self.prepare(g[lo:hi], encoder_only, tilts=None if c is None else c[lo:hi])
             h.offset, h.group_size = lo, len(g)
             h.group_images = int((self.start[g + 1] - self.start[g]).sum())
             return h
@@ -381,11 +386,6 @@ class ParticleTiltData:
             return
         with ThreadPoolExecutor(num_workers) as pool:
             yield from (self.finish(h) for h in _prefetch(pool, zip(groups, choices), make, 2 * num_workers))
-
-
-def _share(n: int, rank: int, world: int) -> tuple[int, int]:
-    """Bounds of rank ``rank``'s contiguous share of ``n`` items split over ``world`` ranks."""
-    return n * rank // world, n * (rank + 1) // world
 
 
 def _prefetch(pool: ThreadPoolExecutor, items: Iterable, fn, depth: int) -> Iterator:

@@ -318,15 +318,28 @@ class StackWriter:
             raise InputError(os_error_line(self.path, exc)) from None
         self.mrc.set_image_stack()
         self.mrc.voxel_size = pixel_size
+        self._min, self._max, self._sum, self._sum2, self._count = np.inf, -np.inf, 0.0, 0.0, 0
 
     def write(self, start: int, images: np.ndarray) -> None:
         """Put ``images`` (B, D, D) at positions ``start .. start + B - 1`` (0-based)."""
         check_finite(self.path, images)
         self.mrc.data[start:start + len(images)] = images
+        x = np.asarray(images, dtype=np.float64)
+        self._min, self._max = min(self._min, float(x.min())), max(self._max, float(x.max()))
+        self._sum += float(x.sum())
+        self._sum2 += float(np.square(x).sum())
+        self._count += x.size
 
     def close(self) -> None:
-        """Finish the header and rename the file into place."""
-        self.mrc.update_header_stats()
+        """Finish the header and rename the file into place.
+
+        The header statistics (min, max, mean, RMS deviation from the mean) are kept as images come:
+        mrcfile's ``update_header_stats`` would make a temporary copy of the whole stack.
+        """
+        h = self.mrc.header
+        mean = self._sum / max(self._count, 1)
+        h.dmin, h.dmax, h.dmean = np.float32(self._min), np.float32(self._max), np.float32(mean)
+        h.rms = np.float32(np.sqrt(max(self._sum2 / max(self._count, 1) - mean * mean, 0.0)))
         self.mrc.close()
         os.replace(self.tmp, self.path)
 

@@ -19,6 +19,7 @@ import pandas as pd
 import starfile
 
 from .errors import InputError
+from .formats.series import Editor
 from .outputs import atomic_path, atomic_write
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,9 @@ class TiltSeriesStar:
         Particle names (``_rlnGroupName``, or ``_rlnTomoParticleName``) in order of first appearance.
     particle_index : numpy.ndarray, int64, shape (N_images,)
         Particle number of each image.
+    row_of_image : numpy.ndarray, int64, shape (N_images,)
+        Row (0-based) of the table of the user's file that lists each image (RELION 3) or its particle
+        (particle series), as :meth:`write_subset`'s ``edit`` sees it.
     rows_of_particle : list of numpy.ndarray
         Image numbers of each particle's tilt images, in file order.
     pixel_size : float
@@ -141,6 +145,7 @@ class TiltSeriesStar:
         self.particle_df = src.particle_df
         self.image_names = np.asarray(src.image_names, dtype=str)
         self.image_anchor = src.image_anchor
+        self.row_of_image = np.asarray(src.row_of_image, dtype=np.int64)
         v = src.values
         self.dfu, self.dfv, self.dfang = v["dfu"], v["dfv"], v["dfang"]
         self.voltage, self.cs, self.w, self.phase_shift = v["voltage"], v["cs"], v["w"], v["phase_shift"]
@@ -233,7 +238,7 @@ class TiltSeriesStar:
         series), else the part of ``_rlnGroupName`` before the last ``_``."""
         return [str(self._tomogram[r[0]]) for r in self.rows_of_particle]
 
-    def write_subset(self, particles: np.ndarray, out: str | os.PathLike) -> list[Path]:
+    def write_subset(self, particles: np.ndarray, out: str | os.PathLike, edit: Editor | None = None) -> list[Path]:
         """Write some particles in the format they were read in, every block and column kept.
 
         Parameters
@@ -243,6 +248,9 @@ class TiltSeriesStar:
         out : path-like
             The output star: an image-series star, or for particle series an optimisation set (its
             particles.star is written beside it, and the same tomograms.star is referenced).
+        edit : callable, optional
+            An :data:`.formats.series.Editor`: values of the particles' file to change first (``downsample``
+            points the rows at new stacks), every other text kept.
 
         Returns
         -------
@@ -251,7 +259,7 @@ class TiltSeriesStar:
         """
         particles = np.sort(np.asarray(particles, dtype=np.int64))
         rows = np.sort(np.concatenate([self.rows_of_particle[p] for p in particles])) if len(particles) else np.zeros(0, np.int64)
-        return self._src.writer(particles, rows, Path(out))
+        return self._src.writer(particles, rows, Path(out), edit)
 
 
 class StarWriter:

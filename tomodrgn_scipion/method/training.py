@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import Context, all_sum, gather_rows
+from .distributed import Context, all_sum, gather_rows, share
 from .errors import InputError, TrainingError
 from .models import ModelConfig, TomoModel, render_volume
 from .outputs import atomic_write, write_text
@@ -194,13 +194,13 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64,
-            ctx: Context | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64, ctx: Context | None = None,
+            num_workers: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean and log-variance of q(z) of every particle, deterministically (the ``ntilts``
     lowest-dose tilts of each).
 
     With several ranks each encodes a contiguous share of the particles and rank 0 gathers them in
-    particle order (the other ranks get None).
+    particle order (the other ranks get None). ``num_workers`` threads read streamed images ahead.
 
     Returns
     -------
@@ -210,14 +210,15 @@ def infer_z(model: TomoModel, data: ParticleTiltData, batch_size: int = 64,
     was_training = model.training
     model.eval()
     p = data.n_particles
-    lo, hi = p * ctx.rank // ctx.world, p * (ctx.rank + 1) // ctx.world
+    lo, hi = share(p, ctx.rank, ctx.world)
     order = np.arange(lo, hi)
     out = [np.zeros((0, model.cfg.zdim), np.float32)] * 2
     parts: list[list[Tensor]] = [[], []]
-    for s in range(0, len(order), batch_size):
-        b = data.batch(order[s:s + batch_size], encoder_only=True)
+    prog = Progress(len(order), "encoded", "particles", log, every=30.0)
+    for b in data.batches(order, batch_size, num_workers, encoder_only=True):
         for k, t in enumerate(model.encoder(b.enc_input)):
             parts[k].append(t.float().cpu())
+        prog.update(len(b.particles))
     model.train(was_training)
     out = [torch.cat(t).numpy() if t else o for t, o in zip(parts, out)]
     mu, logvar = (gather_rows(ctx, o, p) for o in out)
@@ -564,6 +565,8 @@ def _train(model_cfg: ModelConfig, settings: TrainSettings, data: ParticleTiltDa
             if (i + 1) % 50 == 0 or stop:
                 _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
                 checked = i + 1
+            if stop:
+                break
         _check_finite(ctx, sums, epoch, checked, i, outdir, last_good)
         all_sum(ctx, sums)
         seconds = time.monotonic() - t0
@@ -649,7 +652,7 @@ def _checkpoint(model: TomoModel, optim: torch.optim.Optimizer, scaler: torch.am
     todo = [n for n in names if not (only_missing and (outdir / n).is_file())]
     arrays: dict[str, np.ndarray] = {}
     if vae and any(n.endswith(".npy") for n in todo):
-        z = infer_z(model, data, max(settings.batch_size, 64), ctx)
+        z = infer_z(model, data, max(settings.batch_size, 64), ctx, settings.num_workers)
         if z is not None:
             arrays = {"z": z[0], "z_logvar": z[1]}
     if not ctx.main:

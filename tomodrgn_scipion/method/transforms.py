@@ -131,6 +131,29 @@ def shift_fourier(f: Tensor, shift_px: Tensor) -> Tensor:
     """
     d = f.shape[-1]
     k = (torch.arange(d, dtype=torch.float64, device=f.device) - d // 2) / d
-    s = shift_px.to(torch.float64)
-    phase = -2.0 * math.pi * (s[:, 0, None, None] * k[None, None, :] + s[:, 1, None, None] * k[None, :, None])
-    return f * torch.polar(torch.ones_like(phase), phase).to(f.dtype)
+    ky, kx = torch.meshgrid(k, k, indexing="ij")
+    grid = torch.stack([kx.reshape(-1), ky.reshape(-1)], 1)
+    return shift_at(f.reshape(f.shape[0], -1), shift_px, grid).reshape(f.shape)
+
+
+def shift_at(values: Tensor, shift_px: Tensor, k: Tensor) -> Tensor:
+    """Translate images given by their Fourier transform at some frequencies only.
+
+    Parameters
+    ----------
+    values : Tensor, complex, shape (N, M)
+        Transforms at the frequencies ``k``.
+    shift_px : Tensor, shape (N, 2)
+        Translation ``(dx, dy)`` in pixels, as for :func:`shift_fourier`.
+    k : Tensor, shape (M, 2)
+        ``(kx, ky)`` in cycles per pixel.
+
+    Returns
+    -------
+    Tensor, complex, shape (N, M)
+        ``values * exp(-2 pi i (dx kx + dy ky))``; the phase is computed in float64 (it reaches tens of
+        radians for large shifts).
+    """
+    s = shift_px.to(device=values.device, dtype=torch.float64)
+    phase = (-2.0 * math.pi) * (s @ k.to(device=values.device, dtype=torch.float64).T)
+    return values * torch.polar(torch.ones_like(phase), phase).to(values.dtype)

@@ -7,11 +7,13 @@ comment and number format the user had, only with rows left out.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -236,3 +238,51 @@ def write_blocks(star: StarFile, path: str | os.PathLike, keep_rows: dict[str, n
                 if rows:
                     fh.write("\n".join(rows) + "\n")
             fh.write("\n")
+
+
+#: A field of a loop row as the reader splits it (``pandas.read_csv`` with ``sep=\s+``, ``quotechar='"'``).
+_FIELD_RE = re.compile(r'"[^"]*"|\S+')
+
+
+def with_values(star: StarFile, block: str, values: dict[str, Sequence[str | None]]) -> StarFile:
+    """A copy of ``star`` in which some values of one loop are replaced, every other character of every
+    row (the other values, the spacing between them) kept.
+
+    Parameters
+    ----------
+    star : StarFile
+    block : str
+        Name of the loop block (after ``data_``).
+    values : dict of str to sequence of (str or None)
+        For each label (without underscore) present in the block, the new text of each of its rows (one
+        entry per row of the block, ``None`` to keep that row's value). Labels absent from the block are
+        an error of the caller.
+
+    Returns
+    -------
+    StarFile
+        The other blocks are the same objects; the edited block is a new one.
+    """
+    b = star.get(block)
+    if b is None or not b.is_loop:
+        raise ValueError(f"{star.path}: no loop block data_{block}")
+    index = {label: b.labels.index(label) for label in values}
+    rows = list(b.rows)
+    for r, line in enumerate(rows):
+        new = {index[label]: col[r] for label, col in values.items() if col[r] is not None}
+        if not new:
+            continue
+        spans = [m.span() for m in _FIELD_RE.finditer(line)]
+        if len(spans) != len(b.labels):
+            raise InputError(f"{star.path}: block data_{block}: row {r + 1} has {len(spans)} values, "
+                             f"not one per label ({len(b.labels)})")
+        parts, end = [], 0
+        for i, (s, e) in enumerate(spans):
+            parts.append(line[end:s])
+            text = new.get(i)
+            parts.append(line[s:e] if text is None else (f'"{text}"' if re.search(r"\s", text) else text))
+            end = e
+        parts.append(line[end:])
+        rows[r] = "".join(parts)
+    edited = dataclasses.replace(b, rows=rows, _table=None)
+    return dataclasses.replace(star, blocks=[edited if x is b else x for x in star.blocks])

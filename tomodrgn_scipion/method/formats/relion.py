@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import InputError
 from .blocks import StarFile, write_blocks
-from .series import SeriesSource
+from .series import Editor, SeriesSource
 
 #: Columns the method needs (star names without the leading underscore).
 REQUIRED_COLUMNS = (
@@ -156,8 +156,9 @@ def read_relion3(star: StarFile, kind: str) -> SeriesSource:
     n = len(df)
     image_block = star.get(block)
 
-    def writer(particles: np.ndarray, rows: np.ndarray, out: Path) -> list[Path]:
-        write_blocks(star, out, {image_block.name: np.sort(rows)})
+    def writer(particles: np.ndarray, rows: np.ndarray, out: Path, edit: Editor | None = None) -> list[Path]:
+        target = star if edit is None else edit(star, image_block.name)
+        write_blocks(target, out, {image_block.name: np.sort(rows)})
         return [out]
 
     return SeriesSource(

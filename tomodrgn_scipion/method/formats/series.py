@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from .blocks import StarFile
+
 #: Names of the formats (``--source-software``), and the words that name the same one.
 FORMATS = ("relion3", "relion31", "relion5", "warptools")
 ALIASES = {"auto": "auto", "relion3": "relion3", "warp": "relion3", "relion31": "relion31", "m": "relion31",
@@ -23,6 +25,12 @@ DESCRIPTION = {
     "relion5": "RELION 5 particle series (2D stacks, optimisation set)",
     "warptools": "WarpTools particle series (ts_export_particles --2d)",
 }
+
+#: ``edit(star, block)``: the star file that lists the particles (the image-series star, or the particle
+#: series' particles.star), with some values changed; ``block`` names its table of images or particles, whose
+#: row ``row_of_image[i]`` holds image ``i``. Rows and blocks must stay as they are (see
+#: :func:`.blocks.with_values`).
+Editor = Callable[[StarFile, str], StarFile]
 
 #: Per-image fields every source provides, float64 arrays of shape (N_images,) unless noted.
 FIELDS = ("dfu", "dfv", "dfang", "voltage", "cs", "w", "phase_shift", "dose", "ctf_scalefactor", "pixel_size")
@@ -66,8 +74,9 @@ class SeriesSource:
     notes : list of str
         What the reader left out or assumed, logged once as warnings.
     writer : callable
-        ``writer(particles, rows, out)`` writes the particles at positions ``particles`` (numpy int
-        array; their image rows ``rows``) to ``out`` in the source's format and returns the paths written.
+        ``writer(particles, rows, out, edit=None)`` writes the particles at positions ``particles`` (numpy
+        int array; their image rows ``rows``) to ``out`` in the source's format and returns the paths
+        written. ``edit`` (an :data:`Editor`) changes values of the file that lists the particles first.
     """
 
     kind: str
@@ -82,7 +91,7 @@ class SeriesSource:
     dose_weighted: np.ndarray
     row_of_image: np.ndarray
     block: str
-    writer: Callable[[np.ndarray, np.ndarray, Path], list[Path]]
+    writer: Callable[..., list[Path]]
     columns: dict[str, str] = field(default_factory=dict)
     particle_df: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)

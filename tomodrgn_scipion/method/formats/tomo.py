@@ -46,7 +46,7 @@ from ..outputs import write_text
 from ..transforms import euler_to_matrix, matrix_to_euler
 from .blocks import Block, StarFile, read_blocks, write_blocks
 from .relion import flag, numeric
-from .series import SeriesSource
+from .series import Editor, SeriesSource
 
 TWO_D_FLAG = "rlnTomoSubTomosAre2DStacks"
 REEXTRACT = ("re-extract them as 2D stacks: RELION 5 'Extract subtomos' with 'Write output as 2D stacks?' = Yes "
@@ -456,8 +456,9 @@ def read_particle_series(star: StarFile, kind: str, tomograms: str | os.PathLike
     premult_img = premult[ip]
     kept = np.unique(ip)
 
-    def writer(particles: np.ndarray, rows: np.ndarray, out: Path) -> list[Path]:
-        return write_particle_series(pstar, block, optset, tpath, kept[particles], out)
+    def writer(particles: np.ndarray, rows: np.ndarray, out: Path, edit: Editor | None = None) -> list[Path]:
+        target = pstar if edit is None else edit(pstar, block.name)
+        return write_particle_series(target, target.get(block.name), optset, tpath, kept[particles], out)
 
     return SeriesSource(
         kind=kind, path=star.path, df=df, particle_key=pnames[ip], tomogram=tomo_names[ip], image_names=image_names,

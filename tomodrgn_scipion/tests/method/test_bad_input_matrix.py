@@ -144,10 +144,10 @@ def stack_named_mrc(ws: Path) -> None:
     star_lines(ws, lambda ls: [l.replace("tomo_000.mrcs", "tomo_000.mrc") for l in ls])
 
 
-def nan_pixel(ws: Path) -> None:
-    d = stack_data(ws)
+def nan_pixel(ws: Path, name: str = STACK) -> None:
+    d = stack_data(ws, name)
     d[2, 5, 5] = np.nan
-    rewrite_stack(ws, d)
+    rewrite_stack(ws, d, name)
 
 
 def evil_pickle(ws: Path) -> None:
@@ -259,6 +259,8 @@ CV_OUT = ["out/conv/convergence.csv", "out/conv/convergence.png"]
 SI = ["simulate", "-o", "{ws}/out/sim", "-n", "2", "--phantom-box", "8", "--tilt-max", "3"]
 SI_OUT = ["out/sim/particles.star"]
 VA = ["analyze_volumes", "{ws}/vols", "-o", "{ws}/out/va"]
+DS = ["downsample", S, "-D", "8", "-o", "{ws}/out/ds.star"]
+DS_OUT = ["out/ds.star", "out/ds_stacks/tomo_000.mrcs", "out/ds_stacks/tomo_001.mrcs"]
 
 
 def three_volumes(ws: Path, bad: np.ndarray | None = None) -> None:
@@ -296,7 +298,11 @@ CASES = [
     Case("train_vae_ind_file_inside_outdir", ["train_vae", S, "-o", "{ws}/out/run", "--ind", "{ws}/out/run/particle_ids.txt", *SMALL_VAE],
          ["particle_ids.txt", "would replace the input"], prep=lambda w: write_file(w, "out/run/particle_ids.txt", "0\n1\n2\n"),
          outputs=["out/run/config.json", "out/run/weights.1.pt"]),
+    Case("downsample_onto_its_input_star", ["downsample", S, "-D", "8", "-o", S], ["particles.star", "would replace the input"]),
+    Case("downsample_stacks_onto_the_input_stacks", DS + ["--stack-dir", "{ws}/data/stacks"], ["tomo_000.mrcs", "would replace the input"],
+         outputs=DS_OUT),
     # ---------------------------------------------------------------- OS errors on writing
+    Case("downsample_stack_dir_under_a_file", DS + ["--stack-dir", "{ws}/afile/stacks"], ["afile", "cannot write"], outputs=DS_OUT),
     Case("backproject_output_under_a_file", ["backproject", S, "-o", "{ws}/afile/map.mrc"], ["afile", "cannot write", "a file is in the way"]),
     Case("backproject_output_is_a_folder", ["backproject", S, "-o", "{ws}/dir.mrc"], ["dir.mrc", "the path is a folder"]),
     Case("backproject_file_size_limit", BP, ["cannot write", "map"], outputs=BP_OUT, around=lambda w: file_size_limit(12000)),
@@ -337,6 +343,8 @@ CASES = [
     Case("nan_pixel_backproject_lazy", BP + ["--lazy"], ["NaN"], prep=nan_pixel, outputs=BP_OUT),
     Case("nan_pixel_train_vae", TV, ["NaN"], prep=nan_pixel, outputs=TV_OUT),
     Case("nan_pixel_eval_images", EI + ["--out-z", "{ws}/out/z.npy"], ["NaN"], prep=nan_pixel, outputs=EI_OUT),
+    Case("nan_pixel_downsample_second_stack", DS + ["-b", "3"], ["tomo_001.mrcs", "image 3", "NaN"],
+         prep=lambda w: nan_pixel(w, "data/stacks/tomo_001.mrcs"), outputs=DS_OUT),
     # ---------------------------------------------------------------- index and label files
     Case("pickle_index_is_not_unpickled", BP + ["--ind", "{ws}/ind.pkl"], ["ind.pkl", "not read", ".npy"], prep=evil_pickle, outputs=BP_OUT),
     Case("pickle_index_filter", FI + ["--ind", "{ws}/ind.pkl"], ["ind.pkl", "not read"], prep=evil_pickle, outputs=FI_OUT),
@@ -364,6 +372,8 @@ CASES = [
     Case("train_vae_window_inverted", TV + ["--window-r", "0.9", "0.5"], ["--window-r 0.9 0.5"], outputs=TV_OUT),
     Case("backproject_threads_negative", ["--threads", "-2"] + BP, ["--threads -2"], outputs=BP_OUT),
     Case("simulate_voltage_zero", SI + ["--voltage", "0"], ["--voltage 0"], outputs=SI_OUT),
+    Case("downsample_odd_box", DS[:3] + ["7"] + DS[4:], ["-D 7", "even"], outputs=DS_OUT),
+    Case("downsample_box_not_smaller", DS[:3] + ["16"] + DS[4:], ["-D 16", "smaller than the images' box of 16"], outputs=DS_OUT),
     Case("simulate_defocus_range_inverted", SI + ["--defocus-min", "30000", "--defocus-max", "10000"], ["--defocus-max 10000"], outputs=SI_OUT),
     Case("simulate_volume_not_mrc", ["simulate", "-o", "{ws}/out/sim", "--volumes", "{ws}/z.txt"], ["z.txt", "not a readable MRC file"], outputs=SI_OUT),
     # ---------------------------------------------------------------- checkpoints, configs, runs

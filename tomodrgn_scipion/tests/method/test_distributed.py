@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 import torch
 
-from tomodrgn_scipion.method.particles import ParticleTiltData, _share
+from tomodrgn_scipion.method.distributed import share
+from tomodrgn_scipion.method.particles import ParticleTiltData
 from tomodrgn_scipion.method.dataset import TiltSeriesData
 
 SMALL = ["--zdim", "2", "--enc-layers-A", "1", "--enc-dim-A", "32", "--out-dim-A", "8", "--enc-layers-B", "1",
-         "--enc-dim-B", "32", "--dec-layers", "2", "--dec-dim", "32", "--lr", "1e-3", "--device", "cpu", "--seed", "3"]
+         "--enc-dim-B", "32", "--dec-layers", "2", "--dec-dim", "32", "--lr", "1e-3", "--seed", "3"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def command(star: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tomodrgn_scipion.method.cli", "train_vae", str(star), "-o", str(out), *SMALL, *extra]
+def command(star: Path, out: Path, *extra: str, device: str = "cpu") -> list[str]:
+    return [sys.executable, "-m", "tomodrgn_scipion.method.cli", "train_vae", str(star), "-o", str(out), *SMALL,
+            "--device", device, *extra]
 
 
 def run(star: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -80,7 +82,7 @@ def test_every_particle_once_per_epoch_over_the_ranks(star):
                 seen.append(b.particles)
         seen = np.concatenate(seen)
         assert np.array_equal(np.sort(seen), np.arange(data.n_particles)), world
-    assert [_share(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+    assert [share(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
 
 
 def test_two_ranks_killed_then_resumed_on_one(tmp_path, star):
@@ -107,3 +109,17 @@ def test_failing_rank_stops_the_run_with_one_line(tmp_path, star):
                           env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2
     assert "no particle has 99 tilt images" in done.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_ranks_on_one_gpu_train_as_one(tmp_path, star):
+    """Two ranks sharing one GPU (gloo, as NCCL refuses a GPU twice) against one process on it; no AMP,
+    so the comparison is at float32 rounding."""
+    env = {**ENV, "CUDA_VISIBLE_DEVICES": "0"}
+    one = subprocess.run(command(star, tmp_path / "one", "-b", "6", "-n", "2", "--no-amp", device="cuda"), env=env,
+                         capture_output=True, text=True, timeout=600)
+    two = subprocess.run(command(star, tmp_path / "two", "-b", "6", "-n", "2", "--no-amp", "--num-gpus", "2", device="cuda"),
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr[-1500:] + two.stderr[-1500:]
+    assert "2 ranks (gloo)" in (tmp_path / "two" / "run.log").read_text()
+    assert_same_weights(tmp_path / "one" / "weights.pt", tmp_path / "two" / "weights.pt", 1e-4)

@@ -1,6 +1,7 @@
 """train_vae, train_nn, eval_vol and eval_images on small simulated sets: learning, outputs,
 determinism, resume after a kill, and the errors users meet."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -332,3 +333,14 @@ def test_dose_and_tilt_weights_and_dose_mask(tmp_path, two_state):
     assert train(star, tmp_path / "v", "--recon-dose-weight", "--recon-tilt-weight", "--l-dose-mask", epochs=1) == 0
     cfg = __import__("json").loads((tmp_path / "v" / "config.json").read_text())
     assert cfg["training"]["l_dose_mask"] and cfg["training"]["recon_dose_weight"]
+
+
+def test_max_steps_stops_and_finishes(tmp_path, two_state):
+    out = tmp_path / "v"
+    assert train(two_state / "particles.star", out, "-b", "4", "--max-steps", "3", "--num-workers", "1", epochs=5) == 0
+    log = (out / "run.log").read_text()
+    assert "stopped after 3 steps (--max-steps), 12 of 64 particles of epoch 1" in log
+    assert len(np.genfromtxt(out / "loss.csv", delimiter=",", names=True, ndmin=1)) == 1
+    assert np.load(out / "z.npy").shape == (64, 2) and (out / "weights.pt").is_file()
+    rate = re.search(r"throughput (\d+) images/s over 3 steps \(decoder ([\d.]+) TFLOP/s\)", log)
+    assert rate and int(rate.group(1)) > 0

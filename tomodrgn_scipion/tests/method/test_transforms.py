@@ -85,3 +85,20 @@ def test_shift_fourier_moves_content_like_roll():
     shifted = fft.ifft2_center(shift_fourier(f, torch.tensor([[3.0, -2.0], [-5.0, 4.0]]))).real.numpy()
     np.testing.assert_allclose(shifted[0], np.roll(img[0], (-2, 3), axis=(0, 1)), atol=1e-10)
     np.testing.assert_allclose(shifted[1], np.roll(img[1], (4, -5), axis=(0, 1)), atol=1e-10)
+
+
+def test_shift_at_the_used_frequencies_equals_the_grid_shift():
+    """Training and back-projection shift only the half-plane frequencies they use: the values must be those
+    of the whole-grid shift (which test_shift_fourier_moves_content_like_roll pins to np.roll) at the same
+    frequencies, so the coordinates of SliceGeometry are those of the grid."""
+    from tomodrgn_scipion.method.projection import SliceGeometry
+    from tomodrgn_scipion.method.transforms import shift_at
+
+    g = SliceGeometry(16, pad=1)
+    rng = np.random.default_rng(2)
+    f = fft.fft2_center(torch.as_tensor(rng.normal(size=(3, 16, 16))))
+    s = torch.as_tensor(rng.uniform(-4, 4, (3, 2)))
+    whole = g.from_grid(shift_fourier(f, s))[:, g.half]
+    part = shift_at(g.from_grid(f)[:, g.half], s, g.coords[g.half][:, :2])
+    torch.testing.assert_close(part, whole)
+    assert not torch.allclose(part, g.from_grid(f)[:, g.half])
