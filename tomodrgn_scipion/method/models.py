@@ -86,14 +86,8 @@ class PositionalEncoding(nn.Module):
             return coords
         # phases reach tens of radians: keep them in float32 even under mixed precision
         with torch.autocast(coords.device.type, enabled=False):
-            # sin and cos in one kernel, cos x = sin(x + pi/2): one matmul with the phases added, one
-            # sine, no concatenation (the encoding is memory-bound on a GPU)
-            proj = self.proj.float()
-            n = proj.shape[1]
-            phase = torch.cat([torch.zeros(n, device=proj.device), torch.full((n,), math.pi / 2, device=proj.device)])
-            flat = coords.reshape(-1, 3).float()
-            x = torch.addmm(phase, flat, torch.cat([proj, proj], 1))
-            return torch.sin(x).reshape(*coords.shape[:-1], 2 * n)
+            x = coords.float() @ self.proj.float()
+            return torch.cat([torch.sin(x), torch.cos(x)], -1)
 
 
 class ResidLinear(nn.Module):

@@ -185,7 +185,10 @@ class StepLoss(nn.Module):
         else:
             z, kl = None, torch.zeros((), device=b.values.device)
         err, _ = weighted_error(model, self.data, b, z)
-        return self.world * (err + beta * kl) / total_points, err, kl
+        # on one rank, the operations (and so the rounding) of reconstruction_loss + beta * mean KL / points
+        # per particle; kl / G / (total / G) = kl / total for the whole batch of G particles
+        g = b.group_size
+        return self.world * (err / total_points + beta * (kl / g) / (total_points / g)), err, kl
 
 
 def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
