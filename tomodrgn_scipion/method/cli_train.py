@@ -195,10 +195,10 @@ def _distributed(a: argparse.Namespace, run) -> None:
             raise SystemExit(rc)
         return
     ctx = setup(resolve_device(a.device))
-    try:
-        run(a, ctx)
-    finally:
-        shutdown(ctx)
+    run(a, ctx)
+    # after a failure the process just ends: the launcher (or torchrun) stops the other ranks, which may
+    # be waiting in a collective that a shutdown here would not match
+    shutdown(ctx)
 
 
 def run_train_vae(a: argparse.Namespace) -> None:

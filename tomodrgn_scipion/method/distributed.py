@@ -111,8 +111,10 @@ def setup(device: str) -> Context:
 
 
 def shutdown(ctx: Context) -> None:
-    """Leave the process group."""
+    """Leave the process group, all ranks together: a rank that tears down its connections while
+    another still writes the final files makes gloo abort the slower one at exit."""
     if ctx.distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
