@@ -143,7 +143,9 @@ class TestViewers(ProjectTest):
             lines.add(view.line)
             time.sleep(0.05)
             self.assertLess(time.monotonic() - t0, 300)
-        self.assertLess(slowest, 0.5)  # the window never froze
+        # the window never froze for the work's length (tens of seconds here): one Tk update may still wait a
+        # moment for the GIL the worker holds, longer on a loaded 2-core machine
+        self.assertLess(slowest, 2.0)
         self.assertTrue(any(line.startswith(view.doing) and line.endswith(" s)") for line in lines), lines)
         for _ in range(50):  # the next poll closes the progress window
             if not view.window.winfo_exists():
